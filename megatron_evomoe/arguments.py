@@ -1,0 +1,498 @@
+"""Command-line flags (Megatron-LM's names) and their validation into one :class:`RunConfig`.
+
+Every flag of the training scripts is defined here (data and tokenizer flags in ``data/flags.py``,
+shared with the preprocessing tools). ``build_run_config`` is the only place that checks flag
+combinations and fills megatron-core's configs; invalid input raises ``ValueError`` with one line that
+names the flags involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from megatron.core.distributed import DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig
+
+from megatron_evomoe import compat
+from megatron_evomoe.config import (
+    DEFAULT_AUX_LOSS_COEFF,
+    DISPATCHER_TYPES,
+    ROUTER_TYPES,
+    DispatchOptions,
+    EvoMoEOptions,
+    LRScheduleConfig,
+    ModelConfig,
+    RouterOptions,
+    TrainingConfig,
+)
+from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
+from megatron_evomoe.initialize import ParallelLayout
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs, validated. ``args`` keeps the raw flags for data/tokenizer setup."""
+
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    ddp: DistributedDataParallelConfig
+    training: TrainingConfig
+    layout: ParallelLayout
+    world_size: int
+    args: argparse.Namespace
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.layout.data_parallel_size(self.world_size)
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.training.num_microbatches(self.data_parallel_size)
+
+
+# --------------------------------------------------------------------------------------- flags
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--num-layers", type=int, default=4)
+    g.add_argument("--hidden-size", type=int, default=128)
+    g.add_argument("--num-attention-heads", type=int, default=4)
+    g.add_argument("--ffn-hidden-size", type=int, default=None, help="default 4 * hidden size")
+    g.add_argument("--seq-length", type=int, default=128)
+    g.add_argument("--max-position-embeddings", type=int, default=None, help="default --seq-length")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--hidden-dropout", type=float, default=0.1)
+    g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--layernorm-epsilon", type=float, default=1e-5)
+    g.add_argument("--bf16", action="store_true", help="bf16 weights/activations, fp32 master weights")
+    g.add_argument("--fp16", action="store_true", help="fp16 with dynamic loss scaling")
+    g.add_argument("--loss-scale", type=float, default=None, help="static fp16 loss scale")
+    g.add_argument("--initial-loss-scale", type=float, default=2.0**32)
+
+
+def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--expert-model-parallel-size", type=int, default=1)
+    g.add_argument("--expert-tensor-parallel-size", type=int, default=None, help="default: TP size")
+    g.add_argument("--sequence-parallel", action="store_true", help="required with MoE and TP > 1")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=30)
+    g.add_argument(
+        "--recompute-granularity", choices=["full", "selective"], default=None,
+        help="activation recomputation as in Megatron-LM",
+    )
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
+    g.add_argument("--recompute-num-layers", type=int, default=1)
+    g.add_argument(
+        "--moe-recompute", choices=["none", "moe_aware"], default="none",
+        help="moe_aware: keep the MoE layer input and the all-to-all boundaries, recompute the rest",
+    )
+
+
+def _add_moe_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("mixture of experts")
+    g.add_argument("--num-experts", type=int, default=None, help="experts per MoE layer (None: dense)")
+    g.add_argument("--moe-layer-freq", type=int, default=2, help="an MoE layer every k layers (paper: 2)")
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None, help="default --ffn-hidden-size")
+    g.add_argument("--moe-router-type", choices=ROUTER_TYPES, default="switch")
+    g.add_argument(
+        "--moe-aux-loss-coeff", type=float, default=None,
+        help="balance-loss weight; default per router: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_AUX_LOSS_COEFF.items()),
+    )
+    g.add_argument("--moe-router-topk", type=int, default=None, help="k (gshard 2, dselectk 2, others 1)")
+    g.add_argument(
+        "--moe-expert-capacity-factor", type=float, default=None, help="None: dropless (default)"
+    )
+    g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs")
+    g.add_argument("--moe-input-jitter-eps", type=float, default=0.0, help="switch: router input jitter")
+    g.add_argument("--moe-grouped-gemm", action="store_true", help="grouped GEMM experts (GPU with TE)")
+    g.add_argument(
+        "--moe-token-dispatcher-type", choices=DISPATCHER_TYPES, default="allgather",
+        help="how tokens reach expert-parallel ranks",
+    )
+    g.add_argument(
+        "--moe-ranks-per-node", type=int, default=None,
+        help="ranks per node for the hierarchical all-to-all (default: LOCAL_WORLD_SIZE)",
+    )
+    g.add_argument("--moe-a2a-alpha-intra", type=float, default=DispatchOptions.alpha_intra)
+    g.add_argument("--moe-a2a-beta-intra", type=float, default=DispatchOptions.beta_intra)
+    g.add_argument("--moe-a2a-alpha-inter", type=float, default=DispatchOptions.alpha_inter)
+    g.add_argument("--moe-a2a-beta-inter", type=float, default=DispatchOptions.beta_inter)
+    g.add_argument("--moe-a2a-calibrate", action="store_true", help="measure alpha/beta at start-up")
+    r = parser.add_argument_group("baseline routers")
+    r.add_argument("--gshard-random-routing", action="store_true")
+    r.add_argument("--base-auction-epsilon", type=float, default=RouterOptions.base_auction_epsilon)
+    r.add_argument("--hash-type", choices=["random", "balanced"], default="random")
+    r.add_argument("--hash-frequency-samples", type=int, default=RouterOptions.hash_frequency_samples)
+    r.add_argument("--stablemoe-stage1-iters", type=int, default=None, help="default: 10%% of --train-iters")
+    r.add_argument("--stablemoe-distill-coeff", type=float, default=RouterOptions.stablemoe_distill_coeff)
+    r.add_argument("--stablemoe-distill-dim", type=int, default=RouterOptions.stablemoe_distill_dim)
+    r.add_argument("--dselectk-gamma", type=float, default=RouterOptions.dselectk_gamma)
+    r.add_argument("--dselectk-entropy-coeff", type=float, default=RouterOptions.dselectk_entropy_coeff)
+    e = parser.add_argument_group("EvoMoE (--moe-router-type dts)")
+    e.add_argument("--evomoe-shared-expert-iters", type=int, default=None, help="T_S (default 10%% of --train-iters)")
+    e.add_argument("--evomoe-mask-ratio", type=float, default=EvoMoEOptions.mask_ratio)
+    e.add_argument("--evomoe-mask-granularity", choices=["element", "neuron"], default="element")
+    e.add_argument(
+        "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default="reset",
+        help="Adam moments of spawned experts: zeros, or the shared expert's under the same mask",
+    )
+    e.add_argument("--no-expert-diversify", action="store_true", help="ablation: random experts + DTS")
+    e.add_argument("--no-gate-sparsify", action="store_true", help="ablation: diversify + Switch Top-1")
+    e.add_argument("--dts-threshold", type=float, default=EvoMoEOptions.dts_threshold)
+    e.add_argument("--dts-max-temperature", type=float, default=EvoMoEOptions.dts_max_temperature)
+    e.add_argument("--dts-min-temperature", type=float, default=EvoMoEOptions.dts_min_temperature)
+    e.add_argument("--dts-anneal-iters", type=int, default=None, help="default: 50%% of --train-iters")
+    e.add_argument(
+        "--dts-temperature-schedule", choices=["linear", "exponential", "cosine"], default="linear"
+    )
+    e.add_argument("--dts-top1-iter", type=int, default=None, help="T_D (default T_S + anneal iters)")
+    e.add_argument("--dts-top1-noise", action="store_true", help="keep gumbel noise after T_D")
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=4)
+    g.add_argument("--global-batch-size", type=int, default=None, help="default micro batch x DP")
+    g.add_argument("--train-iters", type=int, default=100)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "polynomial"], default="linear")
+    g.add_argument("--lr-decay-power", type=float, default=1.0, help="exponent of polynomial decay")
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--max-skipped-iters", type=int, default=10, help="consecutive non-finite steps before stopping")
+    g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument("--dry-run", action="store_true", help="validate, print sizes and memory, do not train")
+    e = parser.add_argument_group("evaluation, checkpoints, logging")
+    e.add_argument("--eval-interval", type=int, default=1000)
+    e.add_argument("--eval-iters", type=int, default=10)
+    e.add_argument("--save", default=None)
+    e.add_argument("--save-interval", type=int, default=None)
+    e.add_argument("--load", default=None)
+    e.add_argument("--finetune", action="store_true", help="load model weights only, start at iteration 0")
+    e.add_argument("--no-load-optim", action="store_true")
+    e.add_argument("--no-load-rng", action="store_true")
+    e.add_argument("--log-interval", type=int, default=10)
+    e.add_argument("--tensorboard-dir", default=None)
+    e.add_argument("--log-json", default=None, help="append one JSON object per logged iteration")
+
+
+def build_parser(
+    description: str, extra_args_provider: Optional[Callable[[argparse.ArgumentParser], None]] = None
+) -> argparse.ArgumentParser:
+    """The full parser of a training script (plus the script's own flags, if any)."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    _add_model_args(parser)
+    _add_parallel_args(parser)
+    _add_moe_args(parser)
+    _add_training_args(parser)
+    add_tokenizer_args(parser)
+    add_data_args(parser)
+    if extra_args_provider is not None:
+        extra_args_provider(parser)
+    return parser
+
+
+# ----------------------------------------------------------------------------------- validation
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def world_size_from_env() -> int:
+    """WORLD_SIZE set by torchrun (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _validate_parallel(args: argparse.Namespace, world_size: int) -> ParallelLayout:
+    tp, pp, ep = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.expert_model_parallel_size
+    layout = ParallelLayout(tp, pp, ep, args.expert_tensor_parallel_size)
+    layout.validate(world_size)
+    _check(
+        args.num_attention_heads % tp == 0,
+        f"--num-attention-heads {args.num_attention_heads} is not divisible by --tensor-model-parallel-size {tp}",
+    )
+    _check(
+        args.num_layers % pp == 0,
+        f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}",
+    )
+    if args.num_experts is not None:
+        _check(args.num_experts >= 1, f"--num-experts must be >= 1, got {args.num_experts}")
+        _check(
+            args.num_experts % ep == 0,
+            f"--num-experts {args.num_experts} is not divisible by --expert-model-parallel-size {ep}",
+        )
+        dp = layout.data_parallel_size(world_size)
+        _check(
+            (dp * tp) % (ep * (args.expert_tensor_parallel_size or tp)) == 0,
+            f"--expert-model-parallel-size {ep} x --expert-tensor-parallel-size "
+            f"{args.expert_tensor_parallel_size or tp} must divide DP x TP = {dp * tp}",
+        )
+        _check(
+            tp == 1 or args.sequence_parallel,
+            "MoE with --tensor-model-parallel-size > 1 needs --sequence-parallel (as in Megatron-LM)",
+        )
+    else:
+        _check(ep == 1, "--expert-model-parallel-size > 1 needs --num-experts")
+    return layout
+
+
+def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size: int) -> None:
+    dp = layout.data_parallel_size(world_size)
+    if args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * dp
+    _check(
+        args.global_batch_size % (args.micro_batch_size * dp) == 0,
+        f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+        f"{args.micro_batch_size} x data-parallel size {dp}",
+    )
+    for flag in ("micro_batch_size", "train_iters", "seq_length", "log_interval", "eval_interval"):
+        _check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
+    if args.save_interval is not None:
+        _check(args.save is not None, "--save-interval needs --save DIR")
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    _check(
+        args.max_position_embeddings >= args.seq_length,
+        f"--max-position-embeddings {args.max_position_embeddings} < --seq-length {args.seq_length}",
+    )
+    _check(not (args.bf16 and args.fp16), "--bf16 and --fp16 are mutually exclusive")
+
+
+def _router_options(args: argparse.Namespace) -> RouterOptions:
+    coeff = args.moe_aux_loss_coeff
+    if coeff is None:
+        coeff = DEFAULT_AUX_LOSS_COEFF[args.moe_router_type]
+    stage1 = args.stablemoe_stage1_iters
+    if stage1 is None:
+        stage1 = max(1, args.train_iters // 10)
+    return RouterOptions(
+        router_type=args.moe_router_type,
+        aux_loss_coeff=coeff,
+        jitter_eps=args.moe_input_jitter_eps,
+        gshard_random_routing=args.gshard_random_routing,
+        base_auction_epsilon=args.base_auction_epsilon,
+        hash_type=args.hash_type,
+        hash_frequency_samples=args.hash_frequency_samples,
+        stablemoe_stage1_iters=stage1,
+        stablemoe_distill_coeff=args.stablemoe_distill_coeff,
+        stablemoe_distill_dim=args.stablemoe_distill_dim,
+        dselectk_gamma=args.dselectk_gamma,
+        dselectk_entropy_coeff=args.dselectk_entropy_coeff,
+    )
+
+
+def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
+    shared = args.evomoe_shared_expert_iters
+    if shared is None:
+        shared = max(1, args.train_iters // 10)
+    if args.no_expert_diversify:
+        shared = 0
+    anneal = args.dts_anneal_iters if args.dts_anneal_iters is not None else max(1, args.train_iters // 2)
+    top1 = args.dts_top1_iter if args.dts_top1_iter is not None else shared + anneal
+    _check(0.0 <= args.evomoe_mask_ratio < 1.0, "--evomoe-mask-ratio must be in [0, 1)")
+    _check(args.dts_threshold >= 0.0, "--dts-threshold must be >= 0")
+    _check(
+        args.dts_max_temperature >= args.dts_min_temperature > 0,
+        "--dts-max-temperature must be >= --dts-min-temperature > 0",
+    )
+    _check(anneal >= 1, "--dts-anneal-iters must be >= 1")
+    _check(top1 >= shared, f"--dts-top1-iter {top1} is before the end of stage 1 (T_S = {shared})")
+    _check(
+        not (args.no_expert_diversify and args.no_gate_sparsify),
+        "--no-expert-diversify and --no-gate-sparsify together are plain Switch: use --moe-router-type switch",
+    )
+    return EvoMoEOptions(
+        shared_expert_iters=shared,
+        mask_ratio=args.evomoe_mask_ratio,
+        mask_granularity=args.evomoe_mask_granularity,
+        optimizer_state=args.evomoe_optimizer_state,
+        expert_diversify=not args.no_expert_diversify,
+        gate_sparsify=not args.no_gate_sparsify,
+        dts_threshold=args.dts_threshold,
+        dts_max_temperature=args.dts_max_temperature,
+        dts_min_temperature=args.dts_min_temperature,
+        dts_anneal_iters=anneal,
+        dts_temperature_schedule=args.dts_temperature_schedule,
+        dts_top1_iter=top1,
+        dts_top1_noise=args.dts_top1_noise,
+    )
+
+
+def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
+    on_gpu = compat.device_is_cuda()
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    ffn = args.ffn_hidden_size or 4 * args.hidden_size
+    moe = args.num_experts is not None
+    default_topk = {"gshard": 2, "dselectk": 2}.get(args.moe_router_type, 1)
+    topk = args.moe_router_topk if args.moe_router_topk is not None else default_topk
+    if moe:
+        _check(1 <= topk <= args.num_experts, f"--moe-router-topk {topk} must be in [1, --num-experts]")
+        _check(
+            args.moe_expert_capacity_factor is None or args.moe_expert_capacity_factor > 0,
+            "--moe-expert-capacity-factor must be > 0",
+        )
+    return ModelConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        ffn_hidden_size=ffn,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        layernorm_epsilon=args.layernorm_epsilon,
+        activation_func=F.gelu,
+        add_bias_linear=False,
+        bf16=args.bf16,
+        fp16=args.fp16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        expert_model_parallel_size=args.expert_model_parallel_size,
+        expert_tensor_parallel_size=args.expert_tensor_parallel_size,
+        sequence_parallel=args.sequence_parallel and args.tensor_model_parallel_size > 1,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=True,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        batch_p2p_sync=on_gpu,
+        deallocate_pipeline_outputs=True,
+        cuda_graph_scope=[],  # no CUDA graphs (the default "full" only triggers a deprecation warning)
+        recompute_granularity=args.recompute_granularity,
+        recompute_method=args.recompute_method if args.recompute_granularity == "full" else None,
+        recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
+        num_moe_experts=args.num_experts,
+        moe_ffn_hidden_size=(args.moe_ffn_hidden_size or ffn) if moe else None,
+        moe_layer_freq=args.moe_layer_freq,
+        moe_router_topk=topk,
+        moe_router_pre_softmax=True,  # megatron's own router is unused; this only satisfies its checks
+        moe_aux_loss_coeff=0.0,  # ours lives in moe_router.aux_loss_coeff
+        moe_expert_capacity_factor=args.moe_expert_capacity_factor,
+        moe_token_drop_policy=args.moe_token_drop_policy,
+        moe_grouped_gemm=args.moe_grouped_gemm,
+        moe_router=_router_options(args),
+        evomoe=_evomoe_options(args),
+        moe_dispatch=DispatchOptions(
+            dispatcher_type=args.moe_token_dispatcher_type,
+            ranks_per_node=args.moe_ranks_per_node,
+            alpha_intra=args.moe_a2a_alpha_intra,
+            beta_intra=args.moe_a2a_beta_intra,
+            alpha_inter=args.moe_a2a_alpha_inter,
+            beta_inter=args.moe_a2a_beta_inter,
+            calibrate=args.moe_a2a_calibrate,
+        ),
+        moe_recompute=args.moe_recompute,
+        vocab_size=vocab_size,
+        max_position_embeddings=args.max_position_embeddings,
+        seed=args.seed,
+    )
+
+
+def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Optional[int] = None) -> RunConfig:
+    """Validate ``args`` and build every config. ``vocab_size`` is the padded vocabulary."""
+    world_size = world_size or world_size_from_env()
+    layout = _validate_parallel(args, world_size)
+    _validate_batch(args, layout, world_size)
+    _check(args.moe_layer_freq >= 1, "--moe-layer-freq must be >= 1")
+    model = _model_config(args, vocab_size)
+    optimizer = OptimizerConfig(
+        optimizer="adam",
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+        bf16=args.bf16,
+        fp16=args.fp16,
+        params_dtype=model.params_dtype,
+        loss_scale=args.loss_scale,
+        initial_loss_scale=args.initial_loss_scale,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    ddp = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    training = TrainingConfig(
+        train_iters=args.train_iters,
+        micro_batch_size=args.micro_batch_size,
+        global_batch_size=args.global_batch_size,
+        seq_length=args.seq_length,
+        eval_interval=args.eval_interval,
+        eval_iters=args.eval_iters,
+        log_interval=args.log_interval,
+        save=args.save,
+        save_interval=args.save_interval,
+        load=args.load,
+        finetune=args.finetune,
+        no_load_optim=args.no_load_optim,
+        no_load_rng=args.no_load_rng,
+        tensorboard_dir=args.tensorboard_dir,
+        log_json=args.log_json,
+        seed=args.seed,
+        max_skipped_iters=args.max_skipped_iters,
+        exit_interval=args.exit_interval,
+        dry_run=args.dry_run,
+        lr_schedule=LRScheduleConfig(
+            lr=args.lr,
+            min_lr=args.min_lr,
+            decay_style=args.lr_decay_style,
+            decay_power=args.lr_decay_power,
+            warmup_iters=args.lr_warmup_iters,
+            decay_iters=args.lr_decay_iters,
+            weight_decay=args.weight_decay,
+        ),
+    )
+    return RunConfig(model, optimizer, ddp, training, layout, world_size, args)
+
+
+def parse_args(
+    argv: Optional[Sequence[str]] = None,
+    description: str = "",
+    extra_args_provider: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+    defaults: Optional[dict] = None,
+) -> argparse.Namespace:
+    """Parse the command line (``defaults`` override parser defaults, e.g. per script)."""
+    parser = build_parser(description, extra_args_provider)
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def architecture_meta(model: ModelConfig) -> dict:
+    """Fields a checkpoint must agree on with the model it is loaded into."""
+    return {
+        "num_layers": model.num_layers,
+        "hidden_size": model.hidden_size,
+        "num_attention_heads": model.num_attention_heads,
+        "ffn_hidden_size": model.ffn_hidden_size,
+        "num_experts": model.num_moe_experts,
+        "moe_layer_freq": model.moe_layer_freq,
+        "moe_router_type": model.moe_router.router_type,
+        "padded_vocab_size": model.vocab_size,
+        "max_position_embeddings": model.max_position_embeddings,
+    }
+

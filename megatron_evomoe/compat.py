@@ -1,0 +1,281 @@
+"""The only place that adapts megatron-core's CUDA assumptions to CPU/gloo.
+
+megatron-core 0.16.1 hard-codes CUDA in a handful of modules (``device="cuda"`` tensor factories,
+``torch.cuda.current_device()``, the CUDA RNG, ``param.type() == 'torch.cuda.FloatTensor'`` checks).
+``../shared/MEGATRON_CPU.md`` lists each site. Rather than scattering ``if cuda`` checks, this module:
+
+* redirects the ``torch`` global of exactly the affected megatron modules to :class:`_CpuTorch`, a
+  proxy whose tensor factories map any CUDA device to the CPU and whose ``torch.cuda`` namespace
+  answers with CPU equivalents (current device, RNG, no-op synchronize);
+* points megatron's CUDA RNG helpers at the CPU generator, so its RNG tracker and activation
+  checkpointing keep working;
+* swaps the two gradient-clipping helpers that assert CUDA tensor types for CPU versions;
+* lets the async checkpoint writer copy tensors with ``non_blocking=False`` (no CUDA stream to wait on);
+* offers :func:`cuda_type_names`, a context manager used only around optimizer construction, where
+  megatron dispatches on ``param.type()`` strings.
+
+:func:`apply_megatron_fixes` holds the fixes for megatron bugs that also hit a GPU without
+Transformer Engine; it runs on every device. Everything is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from typing import Any, Iterator
+
+import torch
+
+# Modules whose `torch` global is replaced by the CPU proxy (each holds a CUDA-only site).
+_PROXIED_MODULES = (
+    "megatron.core.utils",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.distributed.distributed_data_parallel",
+    "megatron.core.distributed.finalize_model_grads",
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.pipeline_parallel.p2p_communication",
+    "megatron.core.tensor_parallel.random",
+    "megatron.core.tensor_parallel.mappings",
+    "megatron.core.transformer.moe.moe_utils",
+    "megatron.core.dist_checkpointing.strategies.torch",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
+)
+
+_TENSOR_FACTORIES = frozenset(
+    {"tensor", "zeros", "ones", "empty", "full", "arange", "randn", "rand", "randint", "eye",
+     "as_tensor", "zeros_like", "ones_like", "empty_like", "full_like"}
+)
+
+_STATE = {"cpu_applied": False, "fixes_applied": False}
+
+
+def device_is_cuda() -> bool:
+    """True when training runs on CUDA GPUs (``EVOMOE_FORCE_CPU=1`` forces the CPU path)."""
+    return torch.cuda.is_available() and os.environ.get("EVOMOE_FORCE_CPU", "0") != "1"
+
+
+def current_device() -> torch.device:
+    """The device this rank computes on."""
+    if device_is_cuda():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _to_cpu_device(device: Any) -> Any:
+    if device is None:
+        return None
+    if isinstance(device, int):
+        return "cpu"
+    if isinstance(device, torch.device):
+        return torch.device("cpu") if device.type == "cuda" else device
+    if isinstance(device, str) and device.startswith("cuda"):
+        return "cpu"
+    return device
+
+
+def _cpu_factory(factory):
+    def wrapped(*args, **kwargs):
+        if "device" in kwargs:
+            kwargs["device"] = _to_cpu_device(kwargs["device"])
+        kwargs.pop("pin_memory", None)
+        return factory(*args, **kwargs)
+
+    wrapped.__name__ = getattr(factory, "__name__", "factory")
+    return wrapped
+
+
+class _NoOpStream:
+    """Stands in for a CUDA stream: work on the CPU is already ordered."""
+
+    def wait_stream(self, _other) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+    def record_event(self, *_args, **_kwargs) -> None:
+        return None
+
+
+class _CpuCuda:
+    """The ``torch.cuda`` namespace as seen by proxied megatron modules on a CPU machine."""
+
+    @staticmethod
+    def current_device() -> str:
+        return "cpu"
+
+    @staticmethod
+    def is_available() -> bool:
+        return False
+
+    @staticmethod
+    def synchronize(*_args, **_kwargs) -> None:
+        return None
+
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+    @staticmethod
+    def get_rng_state(*_args, **_kwargs) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, *_args, **_kwargs) -> None:
+        torch.set_rng_state(state)
+
+    @staticmethod
+    def manual_seed(seed: int) -> None:
+        torch.manual_seed(seed)
+
+    @staticmethod
+    def Stream(*_args, **_kwargs) -> _NoOpStream:  # noqa: N802 (mirrors torch.cuda.Stream)
+        return _NoOpStream()
+
+    @staticmethod
+    def current_stream(*_args, **_kwargs) -> _NoOpStream:
+        return _NoOpStream()
+
+    @staticmethod
+    def default_stream(*_args, **_kwargs) -> _NoOpStream:
+        return _NoOpStream()
+
+    @staticmethod
+    def stream(_stream) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def memory_allocated(*_args, **_kwargs) -> int:
+        return 0
+
+    @staticmethod
+    def max_memory_allocated(*_args, **_kwargs) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.cuda, name)
+
+
+class _CpuTorch:
+    """A stand-in for the ``torch`` module whose CUDA tensor factories land on the CPU."""
+
+    cuda = _CpuCuda()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(torch, name)
+        if name in _TENSOR_FACTORIES:
+            return _cpu_factory(attr)
+        return attr
+
+
+@contextlib.contextmanager
+def cuda_type_names() -> Iterator[None]:
+    """Make ``Tensor.type()`` report ``torch.cuda.*`` names for CPU tensors, temporarily.
+
+    megatron's optimizers sort parameters by these strings when they are built. Only wrap optimizer
+    construction: left on globally it would mislabel tensors.
+    """
+    if device_is_cuda():
+        yield
+        return
+    original = torch.Tensor.type
+
+    def type_as_cuda(self, *args, **kwargs):
+        if args or kwargs:
+            return original(self, *args, **kwargs)
+        name = original(self)
+        return name.replace("torch.", "torch.cuda.", 1) if not self.is_cuda else name
+
+    torch.Tensor.type = type_as_cuda
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original
+
+
+def _cpu_clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """CPU twin of megatron's ``clip_grad_by_total_norm_fp32`` (which asserts CUDA tensors)."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = []
+    for param in parameters:
+        grad = param.decoupled_grad if use_decoupled_grad else param.grad
+        if grad is not None:
+            grads.append(grad.detach())
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0 and grads:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
+def _patch_cpu_rng() -> None:
+    random = importlib.import_module("megatron.core.tensor_parallel.random")
+    random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+
+
+def _patch_checkpoint_writer() -> None:
+    fsa = importlib.import_module("megatron.core.dist_checkpointing.strategies.filesystem_async")
+    writer = fsa.FileSystemWriterAsync
+    if getattr(writer.preload_tensors, "_evomoe_cpu", False):
+        return
+    original = writer.preload_tensors
+
+    def preload_tensors(write_buckets, non_blocking=True):
+        return original(write_buckets, non_blocking=False)
+
+    preload_tensors._evomoe_cpu = True
+    writer.preload_tensors = staticmethod(preload_tensors)
+
+
+def apply_megatron_fixes() -> None:
+    """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine."""
+    if _STATE["fixes_applied"]:
+        return
+    moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")
+    if not hasattr(moe_utils, "te_general_gemm"):
+        # Imported inside a try block, so without TE the name is undefined (NameError later).
+        moe_utils.te_general_gemm = None
+
+    if not _transformer_engine_available():
+        bert_model = importlib.import_module("megatron.core.models.bert.bert_model")
+        # is_te_min_version compares None with a Version when TE is absent.
+        bert_model.is_te_min_version = lambda *args, **kwargs: False
+    _STATE["fixes_applied"] = True
+
+
+def _transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def transformer_engine_available() -> bool:
+    """True when Transformer Engine imports (then the TE layer spec is used on GPU)."""
+    return _transformer_engine_available()
+
+
+def apply_cpu_adaptations() -> None:
+    """Redirect megatron-core's CUDA-only sites to the CPU. A no-op on a CUDA machine."""
+    apply_megatron_fixes()
+    if device_is_cuda() or _STATE["cpu_applied"]:
+        return
+    proxy = _CpuTorch()
+    for name in _PROXIED_MODULES:
+        module = importlib.import_module(name)
+        if getattr(module, "torch", None) is torch:
+            module.torch = proxy
+    _patch_cpu_rng()
+    for name in ("megatron.core.optimizer.optimizer", "megatron.core.optimizer.clip_grads"):
+        importlib.import_module(name).clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
+    _patch_checkpoint_writer()
+    _STATE["cpu_applied"] = True

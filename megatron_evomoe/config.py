@@ -1,0 +1,177 @@
+"""Configuration dataclasses: the validated result of the command line.
+
+``ModelConfig`` *is* megatron-core's ``TransformerConfig`` (a subclass), extended by the options of
+this repository's MoE layer, so one object travels from the flags to every megatron module and to
+our routers and dispatchers. The other dataclasses hold what megatron-core has no place for
+(training loop, EvoMoE phases, router hyper-parameters). Flags are defined in ``arguments.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+ROUTER_TYPES = ("switch", "gshard", "base", "hash", "stablemoe", "dselectk", "dts")
+DISPATCHER_TYPES = ("allgather", "alltoall", "hierarchical", "hierarchical_2d", "auto")
+
+# The aux-loss coefficient each router's paper uses when --moe-aux-loss-coeff is not given.
+DEFAULT_AUX_LOSS_COEFF = {
+    "switch": 0.01,  # Fedus et al. 2021
+    "gshard": 0.01,  # Lepikhin et al. 2020 (as in fairseq/megatron)
+    "base": 0.0,  # BASE layers balance by construction: no aux loss
+    "hash": 0.0,  # fixed routing: nothing to balance
+    "stablemoe": 0.3,  # Dai et al. 2022, balance loss alpha
+    "dselectk": 0.0,  # DSelect-k has an entropy regulariser instead (dselectk_entropy_coeff)
+    "dts": 0.1,  # EvoMoE eq. 10, alpha = 0.1
+}
+
+
+@dataclass
+class RouterOptions:
+    """Hyper-parameters of the routers; each field names the router that reads it."""
+
+    router_type: str = "switch"
+    """Which router (``--moe-router-type``)."""
+    aux_loss_coeff: float = 0.01
+    """Coefficient of the router's balance loss (resolved from DEFAULT_AUX_LOSS_COEFF when unset)."""
+    jitter_eps: float = 0.0
+    """switch: multiplicative jitter noise U(1-eps, 1+eps) on the router input during training."""
+    gshard_random_routing: bool = False
+    """gshard: send a token to its 2nd expert only with probability min(1, 2*g2) (GShard sec. 2.2)."""
+    base_auction_epsilon: float = 1e-4
+    """base: the auction's bid increment (relative to the score range); smaller is more exact."""
+    base_auction_max_rounds: int = 10000
+    """base: safety cap on bidding rounds."""
+    hash_type: str = "random"
+    """hash: 'random' (a fixed random token->expert table) or 'balanced' (from token frequencies)."""
+    hash_frequency_samples: int = 2000
+    """hash: training documents read to count token frequencies for the balanced hash."""
+    stablemoe_stage1_iters: int = 0
+    """stablemoe: iterations of stage 1 (routing learned and distilled); frozen afterwards."""
+    stablemoe_distill_coeff: float = 0.3
+    """stablemoe: weight of the distillation cross-entropy."""
+    stablemoe_distill_dim: int = 50
+    """stablemoe: size of the lightweight distilled router's word embedding."""
+    dselectk_gamma: float = 1.0
+    """dselectk: width of the smooth-step function."""
+    dselectk_entropy_coeff: float = 1e-6
+    """dselectk: weight of the entropy regulariser that drives selectors to be sparse."""
+
+
+@dataclass
+class EvoMoEOptions:
+    """EvoMoE phases (paper sec. III): shared expert -> diversify -> DTS gate -> Top-1."""
+
+    shared_expert_iters: int = 0
+    """T_S: iterations that train the single shared expert before experts are spawned."""
+    mask_ratio: float = 0.5
+    """Fraction of each spawned expert's weights set to zero by the diversify mask."""
+    mask_granularity: str = "element"
+    """'element' masks individual weights; 'neuron' masks whole hidden units of the FFN."""
+    optimizer_state: str = "reset"
+    """Adam state of spawned experts at T_S: 'reset' to zero or 'masked_copy' of the shared expert's."""
+    expert_diversify: bool = True
+    """False = ablation 'w/o expert-diversify': random experts and the DTS gate from iteration 0."""
+    gate_sparsify: bool = True
+    """False = ablation 'w/o gate-sparsify': after diversify, the Switch Top-1 gate instead of DTS."""
+    dts_threshold: float = 0.001
+    """c: experts whose gate weight is at most c are not computed for the token."""
+    dts_max_temperature: float = 2.0
+    dts_min_temperature: float = 0.3
+    dts_anneal_iters: int = 5000
+    """Iterations over which tau goes from max to min, starting at T_S."""
+    dts_temperature_schedule: str = "linear"
+    """'linear', 'exponential' or 'cosine'."""
+    dts_top1_iter: Optional[int] = None
+    """T_D: from here the gate is Top-1 (default T_S + dts_anneal_iters)."""
+    dts_top1_noise: bool = False
+    """Keep gumbel noise in the Top-1 phase (training only)."""
+
+
+@dataclass
+class DispatchOptions:
+    """How tokens travel between expert-parallel ranks."""
+
+    dispatcher_type: str = "allgather"
+    """One of DISPATCHER_TYPES."""
+    ranks_per_node: Optional[int] = None
+    """Ranks that share a node (None: LOCAL_WORLD_SIZE from the launcher, else all ranks)."""
+    alpha_intra: float = 5e-6
+    """Cost model: latency (s) of one intra-node message."""
+    beta_intra: float = 1.0 / 100e9
+    """Cost model: seconds per byte within a node."""
+    alpha_inter: float = 2e-5
+    """Cost model: latency (s) of one inter-node message."""
+    beta_inter: float = 1.0 / 12.5e9
+    """Cost model: seconds per byte between nodes."""
+    calibrate: bool = False
+    """Measure alpha/beta with a short run at start-up instead of using the values above."""
+
+
+@dataclass
+class ModelConfig(TransformerConfig):
+    """megatron-core's TransformerConfig plus this repository's MoE options."""
+
+    moe_router: RouterOptions = field(default_factory=RouterOptions)
+    evomoe: EvoMoEOptions = field(default_factory=EvoMoEOptions)
+    moe_dispatch: DispatchOptions = field(default_factory=DispatchOptions)
+    moe_recompute: str = "none"
+    """'none' or 'moe_aware' (save layer input and all-to-all boundaries, recompute the rest)."""
+    vocab_size: int = 0
+    """Padded vocabulary size."""
+    max_position_embeddings: int = 0
+    """Learned absolute position embeddings (the paper's GPT/RoBERTa)."""
+    seed: int = 1234
+    """Seed of the layout-independent parameter initialisation."""
+
+
+@dataclass
+class LRScheduleConfig:
+    """Learning-rate and weight-decay schedule, in iterations."""
+
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    decay_style: str = "linear"
+    """'constant', 'linear', 'cosine' or 'polynomial' (fairseq's polynomial_decay)."""
+    decay_power: float = 1.0
+    """Exponent of the polynomial decay (1.0 = linear)."""
+    warmup_iters: int = 0
+    decay_iters: Optional[int] = None
+    """Iterations to decay over (default: train_iters)."""
+    weight_decay: float = 0.01
+
+
+@dataclass
+class TrainingConfig:
+    """The training loop: batch arithmetic, schedule, evaluation, checkpoints, logging."""
+
+    train_iters: int = 100
+    micro_batch_size: int = 1
+    global_batch_size: int = 1
+    seq_length: int = 128
+    eval_interval: int = 1000
+    eval_iters: int = 10
+    log_interval: int = 10
+    save: Optional[str] = None
+    save_interval: Optional[int] = None
+    load: Optional[str] = None
+    finetune: bool = False
+    """Load only the model weights from --load and start at iteration 0."""
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+    tensorboard_dir: Optional[str] = None
+    log_json: Optional[str] = None
+    seed: int = 1234
+    max_skipped_iters: int = 10
+    """Consecutive non-finite iterations after which training stops (with a checkpoint)."""
+    exit_interval: Optional[int] = None
+    """Stop (after saving) when the iteration is a multiple of this."""
+    dry_run: bool = False
+    """Validate the configuration, print model size and memory estimate, do not train."""
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+
+    def num_microbatches(self, data_parallel_size: int) -> int:
+        """Micro-batches each data-parallel rank runs per optimizer step."""
+        return self.global_batch_size // (self.micro_batch_size * data_parallel_size)

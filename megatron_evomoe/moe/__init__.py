@@ -1,0 +1,1 @@
+"""The MoE layer of this repository: routers, dispatchers, EvoMoE phases, balance losses."""

@@ -1,0 +1,105 @@
+"""The MoE layer: router -> dispatcher -> experts -> combine (DESIGN.md "Seams").
+
+It replaces megatron-core's MLP in the layer spec (``ModuleSpec(module=MoELayer,
+submodules=MoESubmodules(experts=..., router=RouterClass))``). Experts are megatron-core expert MLPs
+(SequentialMLP on CPU, grouped GEMM / TE on GPU). The router's aux loss rides on the layer output
+through megatron's ``MoEAuxLossAutoScaler``, whose scale megatron's pipeline schedule sets for each
+micro-batch (loss scale / number of micro-batches), so it works on every pipeline stage.
+
+Routing token ids arrive in megatron's ``padding_mask`` argument: megatron-core threads that tensor
+unchanged from ``GPTModel.forward`` to every MLP call, through activation recomputation and on every
+pipeline stage (see ``models/token_ids.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.moe.moe_layer import MoESubmodules
+from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_default_pg_collection
+from megatron.core.transformer.spec_utils import build_module
+
+from megatron_evomoe.config import ModelConfig
+from megatron_evomoe.models.token_ids import routing_token_ids
+from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
+from megatron_evomoe.moe.dispatch.base import build_dispatcher
+from megatron_evomoe.moe.router import RoutingState
+from megatron_evomoe.moe.stats import RoutingStats
+
+
+class MoELayer(MegatronModule):
+    """Mixture-of-experts FFN with a pluggable router and dispatcher.
+
+    Args:
+        config: the model config (``num_moe_experts``, ``moe_router``, ``moe_dispatch``, ...).
+        submodules: ``experts`` (a megatron expert-MLP spec) and ``router`` (a Router class).
+        layer_number: 1-based global layer number (megatron sets it).
+        pg_collection: process groups (megatron's defaults when None).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        submodules: MoESubmodules,
+        layer_number: Optional[int] = None,
+        pg_collection: Optional[ProcessGroupCollection] = None,
+    ):
+        super().__init__(config)
+        if pg_collection is None:
+            pg_collection = get_default_pg_collection()
+        self.pg_collection = pg_collection
+        ep_size, ep_rank = pg_collection.ep.size(), pg_collection.ep.rank()
+        if config.num_moe_experts % ep_size != 0:
+            raise ValueError(
+                f"--num-experts {config.num_moe_experts} is not divisible by "
+                f"--expert-model-parallel-size {ep_size}"
+            )
+        self.num_local_experts = config.num_moe_experts // ep_size
+        self.local_expert_indices = [
+            ep_rank * self.num_local_experts + i for i in range(self.num_local_experts)
+        ]
+        self.layer_number = layer_number
+        self.router = submodules.router(config=config, pg_collection=pg_collection)
+        self.experts = build_module(
+            submodules.experts, self.num_local_experts, config, pg_collection=pg_collection
+        )
+        self.dispatcher = build_dispatcher(
+            config, self.num_local_experts, self.local_expert_indices, pg_collection
+        )
+        self.stats = RoutingStats(config.num_moe_experts)
+
+    def set_layer_number(self, layer_number: int) -> None:
+        """Called by megatron's TransformerLayer after construction."""
+        self.layer_number = layer_number
+        self.router.set_layer_number(layer_number)
+
+    def set_routing_state(self, state: RoutingState) -> None:
+        """Phase / temperature for the coming step (from the EvoMoE controller)."""
+        self.router.set_routing_state(state)
+
+    def forward(self, hidden_states: torch.Tensor, padding_mask: Optional[torch.Tensor] = None):
+        """``hidden_states`` ``[s, b, h]`` -> (output ``[s, b, h]``, None bias)."""
+        tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
+        token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
+        decision = self.router(tokens, token_ids)
+        probs, routing_map = self._apply_capacity(decision.probs, decision.routing_map)
+        expert_input, tokens_per_expert, expert_probs = self.dispatcher.dispatch(tokens, probs, routing_map)
+        expert_output, _ = self.experts(expert_input, tokens_per_expert, expert_probs)
+        output = self.dispatcher.combine(expert_output).to(hidden_states.dtype)
+        if decision.aux_loss is not None:
+            output = MoEAuxLossAutoScaler.apply(output, decision.aux_loss)
+        if self.training:
+            self.stats.record(routing_map, decision.logged_losses)
+        return output.view(hidden_states.shape), None
+
+    def _apply_capacity(self, probs: torch.Tensor, routing_map: torch.Tensor):
+        factor = self.config.moe_expert_capacity_factor
+        if factor is None:
+            return probs, routing_map
+        capacity = expert_capacity(
+            routing_map.shape[0], self.config.num_moe_experts, self.config.moe_router_topk, factor
+        )
+        return apply_capacity(probs, routing_map, capacity, self.config.moe_token_drop_policy)

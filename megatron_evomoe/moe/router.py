@@ -1,0 +1,126 @@
+"""The router interface every gate implements (DESIGN.md "Seams: Router").
+
+A router maps the tokens of one micro-batch on this rank to a :class:`RoutingDecision`: a gate
+weight per (token, expert) and a boolean routing map. A token may go to 0..E experts (the DTS gate
+is content based), so nothing here assumes a fixed k. Routers never move tokens between ranks; they
+may all-reduce *statistics* over the sequence-parallel group so that losses equal those of the
+unsplit sequence. Phase and temperature come from the EvoMoE controller through
+:meth:`Router.set_routing_state`, never from the iteration counter inside ``forward``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
+
+from megatron_evomoe.config import ModelConfig
+
+
+@dataclass
+class RoutingDecision:
+    """What a router decided for ``T`` tokens and ``E`` experts.
+
+    Attributes:
+        probs: ``[T, E]`` float32 weight of each expert's output in the token's output; zero where
+            the token does not visit the expert.
+        routing_map: ``[T, E]`` bool, True where the token visits the expert.
+        aux_loss: differentiable scalar, already multiplied by its coefficient, added to the
+            training loss (None when the router has none in its current phase).
+        logged_losses: detached scalars for the logs, e.g. ``{"balance": ..., "distill": ...}``
+            (each already multiplied by its coefficient).
+    """
+
+    probs: torch.Tensor
+    routing_map: torch.Tensor
+    aux_loss: Optional[torch.Tensor] = None
+    logged_losses: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """Per-step state pushed by the phase controller before each optimizer step.
+
+    Attributes:
+        iteration: the optimizer step about to run (0-based).
+        phase: router-specific phase name (EvoMoE: ``expert_diversify``, ``gate_sparsify``,
+            ``top1``; StableMoE: ``stage1``, ``stage2``; others: ``sparse``).
+        temperature: gate temperature (EvoMoE's tau); 1.0 where unused.
+    """
+
+    iteration: int = 0
+    phase: str = "sparse"
+    temperature: float = 1.0
+
+
+class Router(MegatronModule, ABC):
+    """Base class: owns the expert count, the sequence-parallel group and the routing state."""
+
+    LOSS_NAMES: tuple = ("balance",)
+    """Names of the entries this router puts in ``RoutingDecision.logged_losses`` (fixed per class,
+    so every rank reduces the same table even when a pipeline stage holds no MoE layer)."""
+
+    def __init__(self, config: ModelConfig, pg_collection: Optional[ProcessGroupCollection] = None):
+        super().__init__(config)
+        if pg_collection is None:
+            pg_collection = get_default_pg_collection()
+        self.num_experts: int = config.num_moe_experts
+        self.options = config.moe_router
+        self.tp_group = pg_collection.tp
+        self.ep_group = pg_collection.ep
+        self.layer_number: Optional[int] = None
+        self.routing_state = RoutingState()
+
+    def set_layer_number(self, layer_number: int) -> None:
+        """Called by megatron's TransformerLayer; seeds and logs use it."""
+        self.layer_number = layer_number
+
+    def set_routing_state(self, state: RoutingState) -> None:
+        """Receive phase/temperature from the controller (once per optimizer step)."""
+        self.routing_state = state
+
+    @abstractmethod
+    def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
+        """Route ``hidden`` ``[T, h]`` (``token_ids`` ``[T]`` int64 or None) to experts."""
+
+    # ----------------------------------------------------------------- helpers for subclasses
+    def sequence_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a statistic over the sequence shards of the TP group (identity without SP).
+
+        Under sequence parallelism each TP rank routes a slice of the sequence; summing counts over
+        the TP group makes balance losses equal those of the whole sequence.
+        """
+        if self.config.sequence_parallel and self.tp_group.size() > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor, group=self.tp_group)
+        return tensor
+
+    def gate_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """fp32 router logits ``[T, E]`` = hidden @ weight^T (routing decisions are precision sensitive)."""
+        return F.linear(hidden.float(), weight.float())
+
+    def new_gate_weight(self, rows: Optional[int] = None) -> torch.nn.Parameter:
+        """A ``[rows or E, h]`` gate matrix, initialised like megatron's router.
+
+        Marked ``sequence_parallel`` so that megatron's finalize_model_grads sums its gradient over
+        the TP group when each TP rank saw a different slice of the sequence.
+        """
+        weight = torch.empty(rows or self.num_experts, self.config.hidden_size, dtype=torch.float32)
+        if self.config.perform_initialization:
+            self.config.init_method(weight)
+        param = torch.nn.Parameter(weight.to(self.config.params_dtype))
+        setattr(param, "sequence_parallel", self.config.sequence_parallel)
+        return param
+
+
+def mark_sequence_parallel(module: torch.nn.Module, sequence_parallel: bool) -> None:
+    """Tag every parameter of a router sub-module for the TP gradient all-reduce (see above)."""
+    for param in module.parameters():
+        setattr(param, "sequence_parallel", sequence_parallel)

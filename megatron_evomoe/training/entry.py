@@ -1,0 +1,58 @@
+"""What every entry script does around its providers: flags -> config -> init -> pretrain -> exit.
+
+User errors (bad flags, bad data, unusable checkpoints) end the process with one line on stderr and
+exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from megatron_evomoe import initialize
+from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
+from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
+from megatron_evomoe.training.loop import Task, TrainingSession, pretrain
+
+
+def quiet_megatron() -> None:
+    """Keep megatron-core's INFO/WARNING chatter (e.g. "Unknown MLP type" for our MoE layer) out of
+    the console; errors still show."""
+    logging.getLogger("megatron.core").setLevel(logging.ERROR)
+
+
+def configure(args: argparse.Namespace) -> tuple[RunConfig, object]:
+    """Tokenizer (for the vocabulary size) and the validated run config."""
+    tokenizer = build_tokenizer_from_args(args)
+    vocab = padded_vocab_size(
+        tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
+    )
+    return build_run_config(args, vocab), tokenizer
+
+
+def main(
+    make_task: Callable[[RunConfig, object], Task],
+    description: str,
+    argv: Optional[Sequence[str]] = None,
+    extra_args_provider=None,
+    defaults: Optional[dict] = None,
+    dry_run: Optional[Callable[[RunConfig, Task], None]] = None,
+) -> Optional[TrainingSession]:
+    """Parse flags, initialise, train. ``make_task(run, tokenizer)`` builds the task's providers."""
+    quiet_megatron()
+    try:
+        args = parse_args(argv, description, extra_args_provider, defaults)
+        run, tokenizer = configure(args)
+        task = make_task(run, tokenizer)
+        if run.training.dry_run and dry_run is not None:
+            dry_run(run, task)
+            return None
+        initialize.initialize(run.layout, run.training.seed, args.distributed_timeout_minutes)
+        session = pretrain(run, task)
+    except ValueError as exc:  # user errors: flags, data, checkpoints
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    initialize.shutdown()
+    return session

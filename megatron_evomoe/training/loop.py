@@ -1,0 +1,418 @@
+"""``pretrain``: the training loop on megatron-core's pipeline schedules.
+
+One step: the phase controller sets routing state -> megatron's forward/backward function runs the
+micro-batches (no pipelining, or 1F1B across pipeline stages) -> gradients are finalised (DP
+all-reduce, SP/embedding reductions) -> a checked optimizer step -> LR schedule -> routing statistics
+and FLOPs -> logs, evaluation, checkpoints. A model family plugs in through :class:`Task`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+from torch.utils.data import Dataset
+
+from megatron_evomoe import compat, initialize
+from megatron_evomoe.arguments import RunConfig, architecture_meta
+from megatron_evomoe.moe.evolution import PhaseController
+from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.training import checkpointing
+from megatron_evomoe.training.checkpointing import TrainState
+from megatron_evomoe.training.data_loading import build_iterator
+from megatron_evomoe.training.flops import training_step_flops
+from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
+from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
+from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
+
+
+@dataclass
+class Task:
+    """What a model family contributes to the loop.
+
+    Attributes:
+        name: for logs.
+        build_model: ``(model_config, pre_process, post_process) -> MegatronModule`` for this stage.
+        build_datasets: ``(run, (train, valid, test) sample counts) -> (train, valid, test)`` datasets.
+        forward_step: ``(batch, model) -> (output_tensor, loss_func)``; ``loss_func(output)`` returns
+            ``(loss_sum, num_tokens, {"name": tensor([sum, count]), ...})`` as megatron's schedule wants.
+        main_metric: the reported key whose mean is the evaluation loss (perplexity = exp of it).
+    """
+
+    name: str
+    build_model: Callable
+    build_datasets: Callable
+    forward_step: Callable
+    main_metric: str = "lm loss"
+
+
+@dataclass
+class TrainingSession:
+    """The objects of a run, for callers that drive the loop themselves (tests, fine-tuning)."""
+
+    run: RunConfig
+    model: List[torch.nn.Module]
+    optimizer: object
+    scheduler: LRScheduler
+    controller: PhaseController
+    state: TrainState
+
+
+# ---------------------------------------------------------------------------------- model setup
+def build_model_chunks(run: RunConfig, task: Task) -> List[torch.nn.Module]:
+    """This rank's pipeline stage of the model, in Float16Module (bf16/fp16) and megatron DDP."""
+    config = run.model
+    model = task.build_model(
+        config,
+        parallel_state.is_pipeline_first_stage(),
+        parallel_state.is_pipeline_last_stage(),
+    )
+    if compat.device_is_cuda():
+        model.cuda(torch.cuda.current_device())
+    if config.fp16 or config.bf16:
+        model = Float16Module(config, model)
+    ddp = DistributedDataParallel(config=config, ddp_config=run.ddp, module=model)
+    return [ddp]
+
+
+def setup_session(run: RunConfig, task: Task) -> TrainingSession:
+    """Build model, optimizer, scheduler and controller; load ``--load`` if given."""
+    model = build_model_chunks(run, task)
+    optimizer = build_optimizer(run.optimizer, model)
+    scheduler = LRScheduler(optimizer, run.training.lr_schedule, run.training.train_iters)
+    config = run.model
+    config.no_sync_func = model[0].no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    controller = PhaseController(config)
+    state = TrainState()
+    training = run.training
+    if training.load:
+        state = load(run, model, optimizer, scheduler, controller)
+    return TrainingSession(run, model, optimizer, scheduler, controller, state)
+
+
+def run_meta(run: RunConfig) -> dict:
+    """What a checkpoint records about the run (checked on load)."""
+    meta = architecture_meta(run.model)
+    meta["world_size"] = run.world_size
+    meta["layout"] = vars(run.layout)
+    return meta
+
+
+def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
+    """Resume (or, with --finetune, take only the weights) from ``--load``."""
+    training = run.training
+    finetune = training.finetune
+    meta = run_meta(run)
+    state, extra = checkpointing.load_checkpoint(
+        training.load,
+        model,
+        optimizer=None if (finetune or training.no_load_optim) else optimizer,
+        scheduler=None if finetune else scheduler,
+        load_rng=not (finetune or training.no_load_rng),
+        run_meta=meta,
+        meta_keys=list(architecture_meta(run.model)),
+    )
+    if finetune:
+        return TrainState()
+    if training.no_load_optim:
+        # Keep the LR schedule where it was even though the optimizer starts fresh.
+        scheduler.step(0)
+    print_rank0(f"loaded checkpoint of iteration {state.iteration} from {training.load}")
+    return state
+
+
+def save(session: TrainingSession) -> None:
+    """Checkpoint the session into ``--save``."""
+    path = checkpointing.save_checkpoint(
+        session.run.training.save,
+        session.state,
+        session.model,
+        session.optimizer,
+        session.scheduler,
+        run_meta=run_meta(session.run),
+    )
+    print_rank0(f"saved checkpoint {path}")
+
+
+# -------------------------------------------------------------------------------------- a step
+def _forward_step_func(task: Task):
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        if compat.device_is_cuda():
+            batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return task.forward_step(batch, model)
+
+    return forward_step
+
+
+def run_microbatches(session: TrainingSession, task: Task, data_iterator, forward_only: bool) -> Dict[str, List[float]]:
+    """Forward (and backward) over one global batch; returns ``{metric: [sum, count]}`` on all ranks."""
+    run = session.run
+    outputs = get_forward_backward_func()(
+        forward_step_func=_forward_step_func(task),
+        data_iterator=data_iterator,
+        model=session.model,
+        num_microbatches=run.num_microbatches,
+        seq_length=run.training.seq_length,
+        micro_batch_size=run.training.micro_batch_size,
+        decoder_seq_length=run.training.seq_length,
+        forward_only=forward_only,
+    )
+    return reduce_reported_metrics(outputs)
+
+
+def reduce_reported_metrics(outputs: List[dict]) -> Dict[str, List[float]]:
+    """Sum the ``[sum, count]`` pairs over micro-batches and data-parallel ranks, on every rank.
+
+    Only the last pipeline stage holds losses and all its TP ranks hold the same ones, so only
+    tensor-parallel rank 0 of the last stage contributes before the world all-reduce.
+    """
+    names = sorted({name for out in outputs for name in out})
+    names = _agree_on_names(names)
+    local = torch.zeros(len(names), 2, dtype=torch.float64)
+    contributes = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
+    if contributes:
+        for out in outputs:
+            for i, name in enumerate(names):
+                if name in out:
+                    local[i] += out[name].detach().to("cpu", torch.float64)
+    if dist.get_world_size() > 1:
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        reduced = local.to(device)
+        dist.all_reduce(reduced)
+        local = reduced.cpu()
+    return {name: local[i].tolist() for i, name in enumerate(names)}
+
+
+def _agree_on_names(names: List[str]) -> List[str]:
+    """Metric names from the last stage, known on every rank (other stages report none)."""
+    if dist.get_world_size() == 1:
+        return names
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, names)
+    return sorted({name for ranks_names in gathered for name in ranks_names})
+
+
+def metric_means(sums: Dict[str, List[float]]) -> Dict[str, float]:
+    """``{name: sum / count}`` with the name in snake case (``lm loss`` -> ``lm_loss``)."""
+    return {name.replace(" ", "_"): (s / c if c else float("nan")) for name, (s, c) in sums.items()}
+
+
+def train_step(session: TrainingSession, task: Task, data_iterator) -> Tuple[Dict[str, float], Optional[float], bool]:
+    """One optimizer step. Returns (metric means, grad norm, whether the update was applied)."""
+    for chunk in session.model:
+        chunk.zero_grad_buffer()
+    session.optimizer.zero_grad()
+    sums = run_microbatches(session, task, data_iterator, forward_only=False)
+    means = metric_means(sums)
+    if all(math.isfinite(v) for v in means.values()):
+        outcome = optimizer_step(session.optimizer, session.run.optimizer.clip_grad)
+    else:
+        outcome = StepOutcome(False, None)  # a non-finite loss: skip the update
+    applied = outcome.applied
+    if applied:
+        session.scheduler.step(1)
+    return means, outcome.grad_norm, applied
+
+
+def evaluate(session: TrainingSession, task: Task, valid_dataset: Dataset) -> Dict[str, float]:
+    """Mean metrics over the first ``--eval-iters`` global batches of the validation set."""
+    run = session.run
+    for chunk in session.model:
+        chunk.eval()
+    iterator = build_iterator(
+        valid_dataset, 0, run.training.micro_batch_size,
+        parallel_state.get_data_parallel_rank(), run.data_parallel_size,
+    )
+    totals: Dict[str, List[float]] = {}
+    with torch.no_grad():
+        for _ in range(run.training.eval_iters):
+            sums = run_microbatches(session, task, iterator, forward_only=True)
+            for name, (s, c) in sums.items():
+                acc = totals.setdefault(name, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += c
+    for chunk in session.model:
+        chunk.train()
+    means = metric_means(totals)
+    key = task.main_metric.replace(" ", "_")
+    result = {"val_loss": means.get(key, float("nan"))}
+    result["val_ppl"] = math.exp(min(result["val_loss"], 50.0))
+    for name, value in means.items():
+        if name != key:
+            result[f"val_{name}"] = value
+    return result
+
+
+# ------------------------------------------------------------------------------------- logging
+class IntervalLog:
+    """Accumulates what happens between two log lines."""
+
+    def __init__(self):
+        self.reset(time.time())
+
+    def reset(self, now: float) -> None:
+        self.start = now
+        self.steps = 0
+        self.metric_sums: Dict[str, float] = {}
+        self.routing = StepRouting()
+        self.tokens = 0
+        self.skipped = 0
+
+    def add(self, means: Dict[str, float], routing: StepRouting, tokens: int, applied: bool) -> None:
+        self.steps += 1
+        for name, value in means.items():
+            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
+        self.routing = self.routing.add(routing)
+        self.tokens += tokens
+        self.skipped += 0 if applied else 1
+
+
+def log_record(
+    session: TrainingSession, interval: IntervalLog, grad_norm: Optional[float], now: float
+) -> Dict[str, object]:
+    """The JSON record of one logged iteration (and what the console line shows)."""
+    state = session.state
+    elapsed = max(now - interval.start, 1e-9)
+    means = {k: v / max(interval.steps, 1) for k, v in interval.metric_sums.items()}
+    routing = interval.routing
+    steps = max(interval.steps, 1)
+    routing_state = session.controller.routing_state(state.iteration - 1)
+    record: Dict[str, object] = {
+        "iteration": state.iteration,
+        "consumed_samples": state.consumed_samples,
+        **means,
+        "aux_loss": routing.total_aux_loss() / steps,
+        "lr": session.optimizer.param_groups[0]["lr"] if session.optimizer.param_groups else 0.0,
+        "grad_norm": grad_norm,
+        "tokens_per_sec": interval.tokens / elapsed,
+        "elapsed_ms_per_iter": 1000.0 * elapsed / steps,
+        "flops": state.floating_point_operations,
+        "skipped_iters": state.skipped_iters,
+        "loss_scale": float(session.optimizer.get_loss_scale()),
+    }
+    if routing.num_tokens:
+        record.update(
+            phase=routing_state.phase,
+            temperature=routing_state.temperature,
+            tokens_per_expert=routing.tokens_per_expert,
+            experts_per_token=routing.experts_per_token(),
+            dropped_token_fraction=routing.dropped_fraction(),
+        )
+        for name, values in routing.losses.items():
+            record[f"{name}_loss"] = [v / steps for v in values]
+    return record
+
+
+def console_line(record: Dict[str, object], train_iters: int) -> str:
+    """One human-readable line per log interval."""
+    parts = [f"iter {record['iteration']:>6}/{train_iters}"]
+    for key in sorted(k for k in record if k.endswith("loss") and isinstance(record[k], float)):
+        parts.append(f"{key} {record[key]:.4f}")
+    parts.append(f"lr {record['lr']:.3e}")
+    if record.get("grad_norm") is not None:
+        parts.append(f"grad norm {record['grad_norm']:.3f}")
+    parts.append(f"tok/s {record['tokens_per_sec']:.0f}")
+    parts.append(f"{record['elapsed_ms_per_iter']:.0f} ms/it")
+    if "phase" in record:
+        parts.append(f"phase {record['phase']} tau {record['temperature']:.3f}")
+        ept = record["experts_per_token"]
+        parts.append("experts/token " + " ".join(f"{v:.2f}" for v in ept))
+    if record["skipped_iters"]:
+        parts.append(f"skipped {record['skipped_iters']}")
+    return " | ".join(parts)
+
+
+# -------------------------------------------------------------------------------------- pretrain
+def step_flops(run: RunConfig, routing: StepRouting, routers_active: bool) -> float:
+    """FLOPs of one optimizer step from the tokens each MoE layer actually computed."""
+    tokens = run.training.global_batch_size * run.training.seq_length
+    return training_step_flops(
+        run.model, run.training.seq_length, tokens, routing.num_assignments,
+        [routers_active] * len(routing.num_assignments),
+    )
+
+
+def pretrain(run: RunConfig, task: Task) -> TrainingSession:
+    """Train ``task`` as configured by ``run`` (process groups must be initialised)."""
+    session = setup_session(run, task)
+    training = run.training
+    state = session.state
+    num_samples = (
+        training.train_iters * training.global_batch_size,
+        (training.train_iters // training.eval_interval + 1) * training.eval_iters * training.global_batch_size,
+        0,  # the loop never evaluates the test split
+    )
+    train_ds, valid_ds, _ = task.build_datasets(run, num_samples)
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), run.data_parallel_size
+    train_iter = build_iterator(train_ds, state.consumed_samples, training.micro_batch_size, dp_rank, dp_size,
+                                run.args.num_workers)
+    writer = MetricsWriter(training.tensorboard_dir, training.log_json)
+    loss_names = router_class(run.model.moe_router.router_type).LOSS_NAMES if run.model.num_moe_experts else ()
+    interval = IntervalLog()
+    consecutive_skips = 0
+    for chunk in session.model:
+        chunk.train()
+    print_rank0(f"training {task.name} from iteration {state.iteration} to {training.train_iters}")
+    while state.iteration < training.train_iters:
+        iteration = state.iteration
+        for event in session.controller.before_step(iteration, session.model, session.optimizer):
+            print_rank0(f"iteration {iteration}: {event}")
+        means, grad_norm, applied = train_step(session, task, train_iter)
+        routing = collect_step_routing(
+            session.model, run.model, loss_names, run.data_parallel_size * run.num_microbatches
+        )
+        state.iteration += 1
+        state.consumed_samples += training.global_batch_size
+        state.consumed_tokens += training.global_batch_size * training.seq_length
+        state.floating_point_operations += step_flops(run, routing, session.controller.routers_active(iteration))
+        consecutive_skips = 0 if applied else consecutive_skips + 1
+        state.skipped_iters += 0 if applied else 1
+        interval.add(means, routing, training.global_batch_size * training.seq_length, applied)
+        if consecutive_skips >= training.max_skipped_iters:
+            if training.save:
+                save(session)
+            raise RuntimeError(
+                f"{consecutive_skips} consecutive iterations had a non-finite loss or gradient norm "
+                f"(last at iteration {state.iteration}); stopping"
+                + (f" after saving a checkpoint to {training.save}" if training.save else "")
+            )
+        record = None
+        if state.iteration % training.log_interval == 0 or state.iteration == training.train_iters:
+            now = time.time()
+            record = log_record(session, interval, grad_norm, now)
+            interval.reset(now)
+        if state.iteration % training.eval_interval == 0 or state.iteration == training.train_iters:
+            if valid_ds is not None and training.eval_iters > 0:
+                record = record or {"iteration": state.iteration}
+                record.update(evaluate(session, task, valid_ds))
+                interval.reset(time.time())
+        if record is not None:
+            writer.write(record)
+            writer.print(console_line(record, training.train_iters) if "lr" in record else
+                         f"iter {state.iteration} | val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f}")
+            if "val_loss" in record and "lr" in record:
+                writer.print(f"          validation: loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f}")
+        should_save = training.save and (
+            (training.save_interval and state.iteration % training.save_interval == 0)
+            or state.iteration == training.train_iters
+        )
+        exiting = training.exit_interval and state.iteration % training.exit_interval == 0
+        if should_save or (exiting and training.save):
+            save(session)
+        if exiting:
+            print_rank0(f"exiting at iteration {state.iteration} (--exit-interval)")
+            break
+    writer.close()
+    return session
