@@ -11,6 +11,7 @@ megatron-core 0.16.1 hard-codes CUDA in a handful of modules (``device="cuda"`` 
   checkpointing keep working;
 * swaps the two gradient-clipping helpers that assert CUDA tensor types for CPU versions;
 * lets the async checkpoint writer copy tensors with ``non_blocking=False`` (no CUDA stream to wait on);
+* lets the pipeline's first/last-stage embedding tie keep its weight on the CPU;
 * offers :func:`cuda_type_names`, a context manager used only around optimizer construction, where
   megatron dispatches on ``param.type()`` strings.
 
@@ -41,6 +42,7 @@ _PROXIED_MODULES = (
     "megatron.core.pipeline_parallel.p2p_communication",
     "megatron.core.tensor_parallel.random",
     "megatron.core.tensor_parallel.mappings",
+    "megatron.core.tensor_parallel.layers",
     "megatron.core.transformer.moe.moe_utils",
     "megatron.core.dist_checkpointing.strategies.torch",
     "megatron.core.dist_checkpointing.exchange_utils",
@@ -215,6 +217,33 @@ def _cpu_clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_deco
         torch._foreach_mul_(grads, clip_coeff)
 
 
+@contextlib.contextmanager
+def _tensor_cuda_is_identity() -> Iterator[None]:
+    """Within the block, ``tensor.cuda()`` returns the tensor itself (it stays on the CPU)."""
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
+
+
+def _patch_embedding_tie() -> None:
+    """The first/last-stage embedding tie moves the weight with ``.cuda()`` before its all-reduce."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    original = LanguageModule.setup_embeddings_and_output_layer
+    if getattr(original, "_evomoe_cpu", False):
+        return
+
+    def setup_embeddings_and_output_layer(self, *args, **kwargs):
+        with _tensor_cuda_is_identity():
+            return original(self, *args, **kwargs)
+
+    setup_embeddings_and_output_layer._evomoe_cpu = True
+    LanguageModule.setup_embeddings_and_output_layer = setup_embeddings_and_output_layer
+
+
 def _patch_cpu_rng() -> None:
     random = importlib.import_module("megatron.core.tensor_parallel.random")
     random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
@@ -278,4 +307,5 @@ def apply_cpu_adaptations() -> None:
     for name in ("megatron.core.optimizer.optimizer", "megatron.core.optimizer.clip_grads"):
         importlib.import_module(name).clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
     _patch_checkpoint_writer()
+    _patch_embedding_tie()
     _STATE["cpu_applied"] = True

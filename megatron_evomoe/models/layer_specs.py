@@ -31,6 +31,7 @@ from megatron.core.transformer.transformer_layer import (
 from megatron_evomoe import compat
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.attention import SDPACoreAttention
+from megatron_evomoe.models.norm import LayerNorm
 from megatron_evomoe.moe.layer import MoELayer
 from megatron_evomoe.moe.routers import router_class
 
@@ -40,12 +41,21 @@ def use_transformer_engine() -> bool:
     return compat.device_is_cuda() and compat.transformer_engine_available()
 
 
+class _LocalBackend(LocalSpecProvider):
+    """megatron's local (no TE) modules, with a LayerNorm that supports sequence parallelism."""
+
+    def layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
+        if rms_norm:
+            raise ValueError("RMSNorm is not supported by the local spec")
+        return LayerNorm
+
+
 def _backend(use_te: bool) -> BackendSpecProvider:
     if use_te:
         from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
 
         return TESpecProvider()
-    return LocalSpecProvider()
+    return _LocalBackend()
 
 
 def moe_layer_pattern(config: ModelConfig) -> List[bool]:
