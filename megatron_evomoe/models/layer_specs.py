@@ -75,9 +75,19 @@ def moe_mlp_spec(config: ModelConfig, use_te: bool) -> ModuleSpec:
         bool(config.moe_grouped_gemm and use_te), False
     )
     experts = ModuleSpec(module=expert_module, submodules=expert_submodules)
+    shared = None
+    if config.moe_router.router_type == "dts" and config.evomoe.expert_diversify:
+        shared = ModuleSpec(
+            module=MLP,
+            submodules=MLPSubmodules(
+                linear_fc1=backend.column_parallel_linear(), linear_fc2=backend.row_parallel_linear()
+            ),
+        )
     return ModuleSpec(
         module=MoELayer,
-        submodules=MoESubmodules(experts=experts, router=router_class(config.moe_router.router_type)),
+        submodules=MoESubmodules(
+            experts=experts, shared_experts=shared, router=router_class(config.moe_router.router_type)
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from megatron_evomoe.models.token_ids import routing_token_ids
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.dispatch.base import build_dispatcher
 from megatron_evomoe.moe.router import RoutingState
+from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
 from megatron_evomoe.moe.stats import RoutingStats
 
 
@@ -69,7 +70,18 @@ class MoELayer(MegatronModule):
         self.dispatcher = build_dispatcher(
             config, self.num_local_experts, self.local_expert_indices, pg_collection
         )
-        self.stats = RoutingStats(config.num_moe_experts)
+        # EvoMoE stage 1: one shared FFN (a dense, data-parallel parameter: replicated on every EP
+        # rank and averaged like any dense weight) that all tokens go through until T_S.
+        self.shared_expert = None
+        if submodules.shared_experts is not None:
+            self.shared_expert = build_module(
+                submodules.shared_experts,
+                config=config,
+                ffn_hidden_size=config.moe_ffn_hidden_size,
+                tp_group=pg_collection.tp,
+            )
+        self.dense_phase = False
+        self.stats = RoutingStats(config.num_moe_experts, self.router.LOSS_NAMES)
 
     def set_layer_number(self, layer_number: int) -> None:
         """Called by megatron's TransformerLayer after construction."""
@@ -78,10 +90,13 @@ class MoELayer(MegatronModule):
 
     def set_routing_state(self, state: RoutingState) -> None:
         """Phase / temperature for the coming step (from the EvoMoE controller)."""
+        self.dense_phase = self.shared_expert is not None and state.phase == EXPERT_DIVERSIFY
         self.router.set_routing_state(state)
 
     def forward(self, hidden_states: torch.Tensor, padding_mask: Optional[torch.Tensor] = None):
         """``hidden_states`` ``[s, b, h]`` -> (output ``[s, b, h]``, None bias)."""
+        if self.dense_phase:
+            return self._forward_shared_expert(hidden_states)
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
         token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
         decision = self.router(tokens, token_ids)
@@ -94,6 +109,15 @@ class MoELayer(MegatronModule):
         if self.training:
             self.stats.record(routing_map, decision.logged_losses)
         return output.view(hidden_states.shape), None
+
+    def _forward_shared_expert(self, hidden_states: torch.Tensor):
+        """EvoMoE stage 1: every token through the shared expert; no gate, no balance loss."""
+        output, bias = self.shared_expert(hidden_states)
+        if bias is not None:
+            output = output + bias
+        if self.training:
+            self.stats.record_dense(hidden_states.shape[0] * hidden_states.shape[1])
+        return output, None
 
     def _apply_capacity(self, probs: torch.Tensor, routing_map: torch.Tensor):
         factor = self.config.moe_expert_capacity_factor
