@@ -49,10 +49,23 @@ class PhaseController:
 
     def before_step(self, iteration: int, model_chunks, optimizer=None) -> List[str]:
         """Push the state of step ``iteration`` to all MoE layers; returns transition events."""
-        state = self.routing_state(iteration)
+        self.apply_state(model_chunks, self.routing_state(iteration))
+        return []
+
+    def final_routing_state(self) -> RoutingState:
+        """The state after training: EvoMoE's Top-1 gate, StableMoE's frozen router (fine-tuning, eval)."""
+        if self.router_type == "dts":
+            return RoutingState(
+                iteration=-1, phase=schedule.TOP1, temperature=self.config.evomoe.dts_min_temperature
+            )
+        if self.router_type == "stablemoe":
+            return RoutingState(iteration=-1, phase=schedule.STABLEMOE_STAGE2)
+        return RoutingState(iteration=-1, phase=schedule.SPARSE)
+
+    def apply_state(self, model_chunks, state: RoutingState) -> None:
+        """Push an explicit routing state to every MoE layer (fine-tuning uses the final one)."""
         for layer in moe_layers(model_chunks):
             layer.set_routing_state(state)
-        return []
 
     def routers_active(self, iteration: int) -> bool:
         """False while EvoMoE trains the shared expert (no gate computed)."""

@@ -86,6 +86,20 @@ class Router(MegatronModule, ABC):
         """Receive phase/temperature from the controller (once per optimizer step)."""
         self.routing_state = state
 
+    NEEDS_TOKEN_COUNTS: bool = False
+    """True for routers that are built from training-data token frequencies (balanced hash)."""
+
+    def prepare_from_data(self, token_counts: torch.Tensor) -> None:
+        """Receive ``[vocab]`` token counts of the training data before the first step.
+
+        Called only when ``NEEDS_TOKEN_COUNTS``; not called again after a resume if the router's
+        own state (a persistent buffer, saved in checkpoints) says it is already prepared.
+        """
+
+    def is_prepared(self) -> bool:
+        """Whether :meth:`prepare_from_data` state is present (e.g. restored from a checkpoint)."""
+        return True
+
     @abstractmethod
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         """Route ``hidden`` ``[T, h]`` (``token_ids`` ``[T]`` int64 or None) to experts."""

@@ -32,6 +32,7 @@ from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
+from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
 
 
@@ -355,6 +356,10 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
         0,  # the loop never evaluates the test split
     )
     train_ds, valid_ds, _ = task.build_datasets(run, num_samples)
+    if run.model.num_moe_experts and prepare_routers_from_data(
+        session.model, train_ds, run.model.vocab_size, run.model.moe_router.hash_frequency_samples
+    ):
+        print_rank0("routers prepared from training-data token frequencies")
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), run.data_parallel_size
     train_iter = build_iterator(train_ds, state.consumed_samples, training.micro_batch_size, dp_rank, dp_size,
                                 run.args.num_workers)
