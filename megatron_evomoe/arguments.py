@@ -142,8 +142,9 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--evomoe-mask-ratio", type=float, default=EvoMoEOptions.mask_ratio)
     e.add_argument("--evomoe-mask-granularity", choices=["element", "neuron"], default="element")
     e.add_argument(
-        "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default="reset",
-        help="Adam moments of spawned experts: zeros, or the shared expert's under the same mask",
+        "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default="masked_copy",
+        help="Adam moments of spawned experts: the shared expert's under the same mask (default), "
+        "or zeros (reset; Adam's bias correction does not restart: megatron keeps one step count)",
     )
     e.add_argument("--no-expert-diversify", action="store_true", help="ablation: random experts + DTS")
     e.add_argument("--no-gate-sparsify", action="store_true", help="ablation: diversify + Switch Top-1")

@@ -66,12 +66,15 @@ class EvoMoEOptions:
 
     shared_expert_iters: int = 0
     """T_S: iterations that train the single shared expert before experts are spawned."""
-    mask_ratio: float = 0.5
+    mask_ratio: float = 0.2
     """Fraction of each spawned expert's weights set to zero by the diversify mask."""
     mask_granularity: str = "element"
     """'element' masks individual weights; 'neuron' masks whole hidden units of the FFN."""
-    optimizer_state: str = "reset"
-    """Adam state of spawned experts at T_S: 'reset' to zero or 'masked_copy' of the shared expert's."""
+    optimizer_state: str = "masked_copy"
+    """Adam moments of spawned experts at T_S: 'masked_copy' of the shared expert's (default) or
+    'reset' to zero. megatron keeps one Adam step for all parameters, so after a reset the bias
+    correction does not restart and the first updates of the spawned experts are larger than a
+    fresh Adam's; masked_copy continues the shared expert's statistics, consistent with its weights."""
     expert_diversify: bool = True
     """False = ablation 'w/o expert-diversify': random experts and the DTS gate from iteration 0."""
     gate_sparsify: bool = True

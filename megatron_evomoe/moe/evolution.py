@@ -12,8 +12,11 @@ from __future__ import annotations
 from typing import Iterable, List
 
 import torch
+from megatron.core import parallel_state
 
 from megatron_evomoe.config import ModelConfig
+from megatron_evomoe.moe.diversify import spawn_experts
+from megatron_evomoe.training.optimizer_state import overwrite_parameter
 from megatron_evomoe.moe import schedule
 from megatron_evomoe.moe.layer import MoELayer
 from megatron_evomoe.moe.router import RoutingState
@@ -48,9 +51,42 @@ class PhaseController:
         return RoutingState(iteration=iteration, phase=schedule.SPARSE)
 
     def before_step(self, iteration: int, model_chunks, optimizer=None) -> List[str]:
-        """Push the state of step ``iteration`` to all MoE layers; returns transition events."""
-        self.apply_state(model_chunks, self.routing_state(iteration))
-        return []
+        """Push the state of step ``iteration`` to all MoE layers; returns transition events.
+
+        At T_S (EvoMoE) the experts are spawned from the shared expert and the gate is initialised,
+        in the model and in the optimizer's master copy, before the step runs.
+        """
+        events = []
+        if self.router_type == "dts" and iteration == schedule.diversify_iteration(self.config.evomoe):
+            events.append(self.diversify(model_chunks, optimizer))
+        state = self.routing_state(iteration)
+        if iteration > 0 and self.routing_state(iteration - 1).phase != state.phase:
+            events.append(f"phase {self.routing_state(iteration - 1).phase} -> {state.phase}")
+        self.apply_state(model_chunks, state)
+        return events
+
+    def diversify(self, model_chunks, optimizer=None) -> str:
+        """EvoMoE's expert-diversify on every MoE layer of this rank (and the optimizer's copy)."""
+        options = self.config.evomoe
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        tp_size = parallel_state.get_tensor_model_parallel_world_size()
+        masked_copy = options.optimizer_state == "masked_copy"
+        layers = moe_layers(model_chunks)
+        for layer in layers:
+            spawned = spawn_experts(layer, options, self.config.seed, tp_rank, tp_size)
+            layer.router.reset_gate(self.config.seed)
+            if optimizer is None:
+                continue
+            for item in spawned:
+                overwrite_parameter(
+                    optimizer, item.weight, item.source if masked_copy else None, item.mask
+                )
+            overwrite_parameter(optimizer, layer.router.weight)
+        return (
+            f"expert-diversify: spawned {self.config.num_moe_experts} experts per MoE layer from the "
+            f"shared expert (mask ratio {options.mask_ratio}, {options.mask_granularity} masks, "
+            f"Adam moments: {options.optimizer_state}); DTS gate initialised"
+        )
 
     def final_routing_state(self) -> RoutingState:
         """The state after training: EvoMoE's Top-1 gate, StableMoE's frozen router (fine-tuning, eval)."""

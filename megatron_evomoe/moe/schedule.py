@@ -48,7 +48,12 @@ def evomoe_phase(iteration: int, options: EvoMoEOptions) -> str:
 
 
 def evomoe_temperature(iteration: int, options: EvoMoEOptions) -> float:
-    """tau of step ``iteration``; annealing starts when the gate starts (T_S, or 0 without stage 1)."""
+    """tau of step ``iteration``; annealing starts when the gate starts (T_S, or 0 without stage 1).
+
+    In the "w/o gate-sparsify" ablation the gate is Switch's plain softmax: tau = 1.
+    """
+    if not options.gate_sparsify:
+        return 1.0
     start = options.shared_expert_iters if options.expert_diversify else 0
     return anneal_temperature(
         iteration - start,

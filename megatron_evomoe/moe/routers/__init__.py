@@ -7,6 +7,7 @@ import importlib
 # name -> "module:Class", imported on demand so a router's extra dependencies stay optional.
 _ROUTERS = {
     "switch": "megatron_evomoe.moe.routers.switch:SwitchRouter",
+    "dts": "megatron_evomoe.moe.routers.dts:DTSRouter",
 }
 
 

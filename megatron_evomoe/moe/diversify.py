@@ -1,0 +1,98 @@
+"""EvoMoE expert-diversify (paper sec. III-B, Fig. 5): spawn N experts from the shared expert.
+
+Each spawned expert is the trained shared expert with part of its weights set to 0 by a random mask
+(no rescaling: the paper masks, it does not drop out). Granularity:
+
+* ``element`` (default): every weight of fc1 and fc2 is masked independently with probability
+  ``mask_ratio``;
+* ``neuron``: whole hidden units are masked (a row of fc1 and the matching column of fc2), so each
+  expert is a thinner copy of the FFN.
+
+Masks are pure functions of (seed, layer number, global expert index, weight name) and are drawn for
+the whole (tensor-parallel unsplit) weight, of which each TP rank keeps its slice: the spawned experts
+are identical whatever the EP/TP layout.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import torch
+
+from megatron_evomoe.config import EvoMoEOptions
+
+
+def _generator(seed: int, *parts) -> torch.Generator:
+    text = "|".join(str(p) for p in ("diversify", seed, *parts))
+    return torch.Generator().manual_seed(zlib.crc32(text.encode()) & 0x7FFFFFFF)
+
+
+def expert_masks(
+    ffn_hidden_size: int, hidden_size: int, options: EvoMoEOptions, seed: int, layer_number: int, expert_index: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keep-masks (True = keep) of one expert's full ``fc1 [f, h]`` and ``fc2 [h, f]`` weights."""
+    ratio = options.mask_ratio
+    if options.mask_granularity == "element":
+        fc1 = torch.rand(ffn_hidden_size, hidden_size, generator=_generator(seed, layer_number, expert_index, "fc1"))
+        fc2 = torch.rand(hidden_size, ffn_hidden_size, generator=_generator(seed, layer_number, expert_index, "fc2"))
+        return fc1 >= ratio, fc2 >= ratio
+    if options.mask_granularity == "neuron":
+        units = torch.rand(ffn_hidden_size, generator=_generator(seed, layer_number, expert_index, "units")) >= ratio
+        return units[:, None].expand(ffn_hidden_size, hidden_size), units[None, :].expand(hidden_size, ffn_hidden_size)
+    raise ValueError(f"unknown --evomoe-mask-granularity {options.mask_granularity!r}")
+
+
+def expert_weights(experts: torch.nn.Module, local_index: int) -> Tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    """(fc1, fc2) weights of local expert ``local_index`` (SequentialMLP or TE grouped experts)."""
+    if hasattr(experts, "local_experts"):
+        expert = experts.local_experts[local_index]
+        return expert.linear_fc1.weight, expert.linear_fc2.weight
+    fc1 = getattr(experts.linear_fc1, f"weight{local_index}", None)
+    fc2 = getattr(experts.linear_fc2, f"weight{local_index}", None)
+    if fc1 is None or fc2 is None:
+        raise ValueError(f"expert-diversify does not know the weight layout of {type(experts).__name__}")
+    return fc1, fc2
+
+
+@dataclass
+class SpawnedWeight:
+    """One rewritten expert weight, its source in the shared expert, and the (local) keep-mask."""
+
+    weight: torch.nn.Parameter
+    source: torch.nn.Parameter
+    mask: torch.Tensor
+
+
+@torch.no_grad()
+def spawn_experts(layer, options: EvoMoEOptions, seed: int, tp_rank: int, tp_size: int) -> List[SpawnedWeight]:
+    """Overwrite ``layer``'s local experts with masked copies of its shared expert.
+
+    Args:
+        layer: an MoELayer with ``shared_expert`` (megatron MLP) and ``experts``.
+        options: mask ratio and granularity.
+        seed: the run's seed.
+        tp_rank, tp_size: position in the (expert) tensor-parallel group; the shared expert and the
+            experts must be sharded alike (expert TP size == TP size).
+
+    Returns:
+        The rewritten weights (for the optimizer update).
+    """
+    shared_fc1, shared_fc2 = layer.shared_expert.linear_fc1.weight, layer.shared_expert.linear_fc2.weight
+    ffn_local, hidden = shared_fc1.shape
+    rows = slice(tp_rank * ffn_local, (tp_rank + 1) * ffn_local)
+    spawned = []
+    for local_index, global_index in enumerate(layer.local_expert_indices):
+        fc1, fc2 = expert_weights(layer.experts, local_index)
+        if fc1.shape != shared_fc1.shape or fc2.shape != shared_fc2.shape:
+            raise ValueError(
+                "expert-diversify needs experts sharded like the shared expert "
+                "(--expert-tensor-parallel-size equal to --tensor-model-parallel-size)"
+            )
+        mask1, mask2 = expert_masks(ffn_local * tp_size, hidden, options, seed, layer.layer_number, global_index)
+        mask1, mask2 = mask1[rows].contiguous(), mask2[:, rows].contiguous()
+        fc1.copy_(shared_fc1 * mask1.to(shared_fc1.dtype))
+        fc2.copy_(shared_fc2 * mask2.to(shared_fc2.dtype))
+        spawned += [SpawnedWeight(fc1, shared_fc1, mask1), SpawnedWeight(fc2, shared_fc2, mask2)]
+    return spawned

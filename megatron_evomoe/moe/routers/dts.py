@@ -1,0 +1,77 @@
+"""EvoMoE's Dense-To-Sparse gate (paper sec. III-C, eq. 8-10, Algorithm 2).
+
+g'(x) = softmax((x W_g + zeta) / tau), zeta ~ Gumbel(0, 1) in training only (eq. 8). Phase
+``gate_sparsify``: every expert with g'_i > c is computed, weighted by g'_i, NOT renormalised (eq. 9);
+a token may visit 0..N experts. Phase ``top1`` (from T_D): only argmax_i g'_i, weight g'_i as in
+Switch; gumbel noise only with --dts-top1-noise. In the "w/o gate-sparsify" ablation the controller
+runs ``top1`` from T_S at tau = 1, i.e. the Switch gate. Balance loss (eq. 10) in both phases:
+alpha * N * sum_i (count_i / |B|^2) * sum_x g'_i(x) with count_i = tokens whose g_i > 0. During
+stage 1 (``expert_diversify``) the MoE layer bypasses the router entirely.
+
+tau and the phase come from the phase controller (pure functions of the iteration), never from a
+counter in here, so resume is exact and the temperature changes once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Optional
+
+import torch
+
+from megatron_evomoe.moe import schedule
+from megatron_evomoe.moe.balance import count_weighted_balance_loss
+from megatron_evomoe.moe.router import Router, RoutingDecision
+from megatron_evomoe.moe.routers.switch import top1_routing
+
+
+def gumbel_noise(shape, device, dtype=torch.float32) -> torch.Tensor:
+    """Samples of Gumbel(0, 1): -log(-log(U)), U ~ U(0, 1) kept away from 0 and 1."""
+    uniform = torch.rand(shape, device=device, dtype=dtype).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(uniform))
+
+
+def dts_gate(logits: torch.Tensor, temperature: float, threshold: float, noise: Optional[torch.Tensor] = None):
+    """Eq. 8-9 for ``logits`` ``[T, E]``: (g' ``[T, E]``, kept weights ``[T, E]``, kept map)."""
+    if noise is not None:
+        logits = logits + noise
+    gate = torch.softmax(logits / temperature, dim=-1)
+    kept_map = gate > threshold
+    return gate, gate * kept_map, kept_map
+
+
+class DTSRouter(Router):
+    """The DTS gate; W_g is (re)initialised by the controller when experts are spawned."""
+
+    def __init__(self, config, pg_collection=None):
+        super().__init__(config, pg_collection)
+        self.weight = self.new_gate_weight()
+        self.evomoe = config.evomoe
+
+    @torch.no_grad()
+    def reset_gate(self, seed: int) -> None:
+        """Draw W_g afresh (at T_S), from (seed, layer): the same on every rank and layout."""
+        text = f"dts_gate|{seed}|{self.layer_number}"
+        generator = torch.Generator().manual_seed(zlib.crc32(text.encode()) & 0x7FFFFFFF)
+        fresh = torch.randn(self.weight.shape, generator=generator) * self.config.init_method_std
+        self.weight.copy_(fresh.to(self.weight.dtype))
+
+    def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
+        state = self.routing_state
+        logits = self.gate_logits(hidden, self.weight)
+        use_noise = self.training and (state.phase == schedule.GATE_SPARSIFY or self.evomoe.dts_top1_noise)
+        noise = gumbel_noise(logits.shape, logits.device) if use_noise else None
+        if state.phase == schedule.TOP1:
+            gate, _, _ = dts_gate(logits, state.temperature, 0.0, noise)
+            probs, routing_map = top1_routing(gate)
+        else:
+            gate, probs, routing_map = dts_gate(logits, state.temperature, self.evomoe.dts_threshold, noise)
+        decision = RoutingDecision(probs=probs, routing_map=routing_map)
+        coeff = self.options.aux_loss_coeff
+        if self.training and coeff > 0:
+            counts = self.sequence_sum(routing_map.sum(0).float())
+            num_tokens = self.sequence_sum(torch.tensor(float(gate.shape[0]), device=gate.device))
+            loss = count_weighted_balance_loss(gate.sum(0), counts, num_tokens, coeff)
+            decision.aux_loss = loss
+            decision.logged_losses["balance"] = loss.detach()
+        return decision
