@@ -8,12 +8,15 @@ module-level function). An exception on any rank fails the call with that rank's
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import traceback
 from typing import Any, Callable, List
 
-import torch.multiprocessing as mp
+import multiprocessing as mp
+
+import torch
 
 
 def _free_port() -> int:
@@ -30,7 +33,10 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
     )
     try:
         result = fn(*args)
-        queue.put((rank, True, result))
+        # Serialised here: tensors sent through a queue as shared memory die with this process.
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        queue.put((rank, True, buffer.getvalue()))
     except BaseException:  # report every failure to the parent, including SystemExit
         queue.put((rank, False, traceback.format_exc()))
 
@@ -52,7 +58,7 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, env: dict | None = None
             rank, ok, value = queue.get(timeout=timeout)
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
-            results[rank] = value
+            results[rank] = torch.load(io.BytesIO(value), weights_only=False)
     finally:
         for proc in procs:
             proc.join(timeout=30)

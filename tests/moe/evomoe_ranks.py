@@ -1,0 +1,48 @@
+"""Per-rank bodies of the EvoMoE multi-process tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from megatron_evomoe import initialize
+from megatron_evomoe.moe.evolution import moe_layers
+from megatron_evomoe.moe.diversify import expert_weights
+from megatron_evomoe.training.loop import pretrain, setup_session
+from tests.tiny import tiny_gpt_task, tiny_run
+
+
+def spawned_expert_weights(flags: list[str]) -> dict:
+    """Diversify a fresh tiny model; return {(layer, global expert): (fc1, fc2)} of this rank."""
+    run = tiny_run(*flags)
+    initialize.initialize(run.layout, run.training.seed)
+    try:
+        session = setup_session(run, tiny_gpt_task())
+        session.controller.diversify(session.model, session.optimizer)
+        result = {}
+        for layer in moe_layers(session.model):
+            for local, global_index in enumerate(layer.local_expert_indices):
+                fc1, fc2 = expert_weights(layer.experts, local)
+                result[(layer.layer_number, global_index)] = (fc1.detach().clone(), fc2.detach().clone())
+        return result
+    finally:
+        initialize.shutdown()
+
+
+def losses_of_run(flags: list[str], log_path: str) -> None:
+    """Run pretrain with ``flags`` appending to ``log_path`` (resume runs share the file)."""
+    run = tiny_run(*flags, "--log-json", log_path)
+    initialize.initialize(run.layout, run.training.seed)
+    try:
+        pretrain(run, tiny_gpt_task())
+    finally:
+        initialize.shutdown()
+
+
+def read_losses(path: str) -> list[float]:
+    return [json.loads(line)["lm_loss"] for line in open(path) if '"lm_loss"' in line]
+
+
+def new_log() -> str:
+    return os.path.join(tempfile.mkdtemp(), "log.jsonl")
