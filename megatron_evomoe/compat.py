@@ -277,6 +277,13 @@ def apply_megatron_fixes() -> None:
         bert_model = importlib.import_module("megatron.core.models.bert.bert_model")
         # is_te_min_version compares None with a Version when TE is absent.
         bert_model.is_te_min_version = lambda *args, **kwargs: False
+    bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
+    if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
+        # Without apex the BERT LM head's norm is torch's WrappedTorchNorm, which refuses sequence
+        # parallelism (needed for MoE with TP > 1); ours has the same signature and state-dict keys.
+        from megatron_evomoe.models.norm import LayerNorm
+
+        bert_lm_head.LNImpl = LayerNorm
     _STATE["fixes_applied"] = True
 
 
