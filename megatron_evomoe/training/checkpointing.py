@@ -30,6 +30,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.validation import StrictHandling
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.module import Float16Module
+from torch.distributed.checkpoint.api import CheckpointException
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def load_checkpoint(
         template["rng_state"] = _rng_sharded_object(None)
     try:
         loaded = dist_checkpointing.load(template, ckpt_dir, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
-    except Exception as exc:  # dist_checkpointing raises many types; all mean "cannot load"
+    except (Exception, CheckpointException) as exc:  # many types (CheckpointException is a BaseException)
         raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {type(exc).__name__}: {exc}") from exc
     missing, unexpected = [], []
     result = unwrap_model(model_chunks[0]).load_state_dict(loaded["model"], strict=False)

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 from megatron_evomoe import initialize
 from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
-from megatron_evomoe.training.loop import Task, TrainingSession, pretrain
+from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
 
 
 def quiet_megatron() -> None:
@@ -23,9 +23,14 @@ def quiet_megatron() -> None:
     logging.getLogger("megatron.core").setLevel(logging.ERROR)
 
 
-def configure(args: argparse.Namespace) -> tuple[RunConfig, object]:
-    """Tokenizer (for the vocabulary size) and the validated run config."""
-    tokenizer = build_tokenizer_from_args(args)
+def configure(
+    args: argparse.Namespace, tokenizer_provider: Callable = build_tokenizer_from_args
+) -> tuple[RunConfig, object]:
+    """Tokenizer (for the vocabulary size) and the validated run config.
+
+    ``tokenizer_provider(args)`` builds the tokenizer (BERT adds its special tokens to a BPE one).
+    """
+    tokenizer = tokenizer_provider(args)
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
     )
@@ -39,12 +44,13 @@ def main(
     extra_args_provider=None,
     defaults: Optional[dict] = None,
     dry_run: Optional[Callable[[RunConfig, Task], None]] = None,
+    tokenizer_provider: Callable = build_tokenizer_from_args,
 ) -> Optional[TrainingSession]:
     """Parse flags, initialise, train. ``make_task(run, tokenizer)`` builds the task's providers."""
     quiet_megatron()
     try:
         args = parse_args(argv, description, extra_args_provider, defaults)
-        run, tokenizer = configure(args)
+        run, tokenizer = configure(args, tokenizer_provider)
         task = make_task(run, tokenizer)
         if run.training.dry_run and dry_run is not None:
             dry_run(run, task)
@@ -54,5 +60,8 @@ def main(
     except ValueError as exc:  # user errors: flags, data, checkpoints
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(3)
     initialize.shutdown()
     return session

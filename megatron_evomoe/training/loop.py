@@ -36,6 +36,10 @@ from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
 
 
+class TrainingStopped(RuntimeError):
+    """Training cannot continue (e.g. too many non-finite steps); a checkpoint was saved if possible."""
+
+
 @dataclass
 class Task:
     """What a model family contributes to the loop.
@@ -319,7 +323,7 @@ def log_record(
 def console_line(record: Dict[str, object], train_iters: int) -> str:
     """One human-readable line per log interval."""
     parts = [f"iter {record['iteration']:>6}/{train_iters}"]
-    for key in sorted(k for k in record if k.endswith("loss") and isinstance(record[k], float)):
+    for key in sorted(k for k in record if k.endswith(("loss", "accuracy")) and isinstance(record[k], float)):
         parts.append(f"{key} {record[key]:.4f}")
     parts.append(f"lr {record['lr']:.3e}")
     if record.get("grad_norm") is not None:
@@ -388,7 +392,7 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
         if consecutive_skips >= training.max_skipped_iters:
             if training.save:
                 save(session)
-            raise RuntimeError(
+            raise TrainingStopped(
                 f"{consecutive_skips} consecutive iterations had a non-finite loss or gradient norm "
                 f"(last at iteration {state.iteration}); stopping"
                 + (f" after saving a checkpoint to {training.save}" if training.save else "")

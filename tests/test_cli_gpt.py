@@ -1,0 +1,80 @@
+"""The command line end to end: corpus -> tokenizer -> .bin/.idx -> pretrain_gpt_moe.py (EvoMoE)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.jsonl"
+    from megatron_evomoe.data.pydoc_corpus import write_pydoc_corpus
+
+    write_pydoc_corpus(str(corpus))
+    _run("tools/train_tokenizer.py", "--input", str(corpus), "--type", "bpe", "--vocab-size", "1024",
+         "--output-dir", str(root / "tok"))
+    _run("tools/preprocess_data.py", "--input", str(corpus), "--output-prefix", str(root / "pydoc"),
+         "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(root / "tok" / "vocab.json"),
+         "--merge-file", str(root / "tok" / "merges.txt"), "--append-eod", "--workers", "2")
+    return root
+
+
+def _flags(root):
+    return [
+        "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", str(root / "tok" / "vocab.json"),
+        "--merge-file", str(root / "tok" / "merges.txt"), "--data-path", str(root / "pydoc_text_document"),
+        "--split", "90,10,0", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
+        "--seq-length", "32", "--num-experts", "4", "--micro-batch-size", "4", "--global-batch-size", "8",
+        "--train-iters", "12", "--lr", "2e-3", "--log-interval", "2", "--eval-interval", "6", "--eval-iters", "2",
+    ]
+
+
+def test_evomoe_from_the_command_line_logs_everything(data):
+    log, tb = data / "log.jsonl", data / "tb"
+    result = _run("pretrain_gpt_moe.py", *_flags(data), "--moe-router-type", "dts",
+                  "--evomoe-shared-expert-iters", "4", "--dts-anneal-iters", "4",
+                  "--log-json", str(log), "--tensorboard-dir", str(tb))
+    assert "expert-diversify: spawned 4 experts" in result.stdout
+    assert "phase gate_sparsify -> top1" in result.stdout
+    records = [json.loads(line) for line in open(log)]
+    assert [r["iteration"] for r in records] == [2, 4, 6, 8, 10, 12]
+    for key in ("consumed_samples", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_sec", "flops",
+                "tokens_per_expert", "phase", "temperature", "experts_per_token", "dropped_token_fraction",
+                "balance_loss"):
+        assert all(key in r for r in records), key
+    assert len(records[0]["tokens_per_expert"]) == 1  # one MoE layer (layer 0 of 2)
+    assert sum(records[0]["tokens_per_expert"][0]) == 0  # stage 1: no expert used
+    assert sum(records[-1]["tokens_per_expert"][0]) == 2 * 8 * 32  # top-1: 2 steps x 8 x 32 tokens
+    assert [r["phase"] for r in records] == ["expert_diversify"] * 2 + ["gate_sparsify"] * 2 + ["top1"] * 2
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["iteration"] for r in evals] == [6, 12] and all(r["val_ppl"] > 1 for r in evals)
+    assert records[-1]["lm_loss"] < records[0]["lm_loss"]
+    assert records[-1]["flops"] > records[0]["flops"] > 0
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tb))
+
+
+def test_bad_flags_and_bad_data_are_one_line_errors(data):
+    result = _run("pretrain_gpt_moe.py", *_flags(data), "--expert-model-parallel-size", "3", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: world size 1 is not divisible by --expert-tensor-parallel-size 1 x "
+        "--expert-model-parallel-size 3 x --pipeline-model-parallel-size 1"
+    )
+    result = _run("pretrain_gpt_moe.py", *_flags(data), "--data-path", str(data / "missing"), check=False)
+    assert result.returncode == 2 and "missing" in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,117 @@
+"""Checkpoints: exact resume, resharding to another TP size, atomicity and clear errors."""
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from megatron_evomoe.training.checkpointing import TRACKER_FILE, CheckpointError, checkpoint_dir, read_tracker
+from tests.distributed import run_ranks
+from megatron_evomoe.training.loop import setup_session
+from tests.tiny import tiny_gpt_task, tiny_run
+from tests.training.checkpoint_ranks import load_and_evaluate, train
+
+
+def _losses(path):
+    return [json.loads(line)["lm_loss"] for line in open(path) if '"lm_loss"' in line]
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def saved():
+    """A 4-iteration run with checkpoints at 2 and 4, and its log."""
+    root = tempfile.mkdtemp()
+    log = os.path.join(root, "log.jsonl")
+    run_ranks(train, 1, ["--save", os.path.join(root, "ckpt"), "--save-interval", "2", "--log-json", log,
+                         "--eval-interval", "4"])
+    return root, log
+
+
+def test_thirty_straight_equals_twenty_then_resume(tmp_path):
+    flags = ["--train-iters", "30", "--hidden-dropout", "0.1", "--eval-interval", "100"]
+    straight, resumed, ckpt = tmp_path / "a.jsonl", tmp_path / "b.jsonl", str(tmp_path / "ckpt")
+    run_ranks(train, 1, flags + ["--log-json", str(straight)])
+    run_ranks(train, 1, flags + ["--log-json", str(resumed), "--save", ckpt, "--exit-interval", "20"])
+    assert read_tracker(ckpt) == 20
+    run_ranks(train, 1, flags + ["--log-json", str(resumed), "--save", ckpt, "--load", ckpt])
+    assert len(_losses(straight)) == 30
+    assert _losses(resumed) == _losses(straight)  # bitwise, dropout included
+    first, last = _records(resumed)[19], _records(resumed)[20]
+    assert (first["iteration"], last["iteration"]) == (20, 21)
+    assert last["consumed_samples"] == 21 * 4
+
+
+def test_saved_under_tp2_resumes_under_tp1(tmp_path):
+    ckpt, log2 = str(tmp_path / "ckpt"), str(tmp_path / "tp2.jsonl")
+    tp2 = ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
+    run_ranks(train, 2, tp2 + ["--save", ckpt, "--save-interval", "2", "--log-json", log2])
+    shutil.rmtree(checkpoint_dir(ckpt, 4))
+    with open(os.path.join(ckpt, TRACKER_FILE), "w") as f:
+        f.write("2")
+    log1 = str(tmp_path / "tp1.jsonl")
+    run_ranks(train, 1, ["--load", ckpt, "--log-json", log1])
+    # Model, Adam moments and LR schedule were resharded: steps 3 and 4 repeat under TP=1.
+    assert _losses(log1) == pytest.approx(_losses(log2)[2:], rel=1e-5)
+
+
+def test_validation_loss_of_a_loaded_model_matches_the_run(saved):
+    root, log = saved
+    val_at_4 = [r["val_loss"] for r in _records(log) if "val_loss" in r][-1]
+    assert run_ranks(load_and_evaluate, 1, ["--load", os.path.join(root, "ckpt")])[0] == pytest.approx(val_at_4)
+
+
+def _copy(saved, tmp_path):
+    root, _ = saved
+    target = str(tmp_path / "ckpt")
+    shutil.copytree(os.path.join(root, "ckpt"), target)
+    return target
+
+
+def _load_here(*flags):
+    """setup_session with --load in this process (a world of one): raises what loading raises."""
+    return setup_session(tiny_run(*flags), tiny_gpt_task())
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(saved, tmp_path, megatron_world_of_one):
+    ckpt = _copy(saved, tmp_path)
+    shard = next(f for f in os.listdir(checkpoint_dir(ckpt, 4)) if f.endswith(".distcp"))
+    with open(os.path.join(checkpoint_dir(ckpt, 4), shard), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*iter_0000004"):
+        _load_here("--load", ckpt)
+
+
+def test_missing_or_garbled_tracker_and_missing_directory(saved, tmp_path, megatron_world_of_one):
+    ckpt = _copy(saved, tmp_path)
+    os.remove(os.path.join(ckpt, TRACKER_FILE))
+    with pytest.raises(CheckpointError, match="latest_checkpointed_iteration.txt is missing"):
+        read_tracker(ckpt)
+    with open(os.path.join(ckpt, TRACKER_FILE), "w") as f:
+        f.write("four")
+    with pytest.raises(CheckpointError, match="expected an iteration number"):
+        read_tracker(ckpt)
+    with open(os.path.join(ckpt, TRACKER_FILE), "w") as f:
+        f.write("6")
+    with pytest.raises(CheckpointError, match="names iteration 6, but .*iter_0000006 is missing"):
+        _load_here("--load", ckpt)
+
+
+def test_architecture_mismatch_names_the_flag(saved, megatron_world_of_one):
+    root, _ = saved
+    with pytest.raises(CheckpointError, match="saved with --hidden-size 32, this run has 64"):
+        _load_here("--load", os.path.join(root, "ckpt"), "--hidden-size", "64")
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(saved, tmp_path, megatron_world_of_one):
+    ckpt = _copy(saved, tmp_path)
+    # A save of iteration 6 died after writing part of its files: only the .tmp directory exists.
+    partial = checkpoint_dir(ckpt, 6) + ".tmp"
+    shutil.copytree(checkpoint_dir(ckpt, 4), partial)
+    os.remove(os.path.join(partial, "common.pt"))
+    assert read_tracker(ckpt) == 4
+    assert _load_here("--load", ckpt).state.iteration == 4
