@@ -22,13 +22,14 @@ class OptimizerCopy:
     """The optimizer's view of one model parameter.
 
     Attributes:
-        main: the fp32 master tensor (or the parameter itself for fp32 training).
+        main: the fp32 master tensor (or the parameter itself for fp32 training); None when the
+            distributed optimizer keeps no part of this parameter on this rank.
         state: Adam state (``exp_avg``, ``exp_avg_sq``, ``step``) keyed like torch's optimizer.
         flat_range: ``(start, end)`` of the flattened parameter that ``main`` holds (distributed
             optimizer shard), or None when ``main`` holds the whole parameter.
     """
 
-    main: torch.Tensor
+    main: Optional[torch.Tensor]
     state: Dict[str, torch.Tensor]
     flat_range: Optional[Tuple[int, int]] = None
 
@@ -52,7 +53,9 @@ def optimizer_copy(optimizer, model_param: torch.nn.Parameter) -> Optional[Optim
 def _find(inner, model_param) -> Optional[OptimizerCopy]:
     if hasattr(inner, "model_param_group_index_map"):  # DistributedOptimizer
         if model_param not in inner.model_param_group_index_map:
-            return None
+            # Managed by this optimizer but sharded to other data-parallel ranks: nothing local.
+            managed = any(model_param in buffer.param_index_map for buffer in inner.buffers)
+            return OptimizerCopy(None, {}) if managed else None
         group_index, group_order = inner.model_param_group_index_map[model_param]
         main = inner.optimizer.param_groups[group_index]["params"][group_order]
         param_range = inner._get_model_param_range_map(model_param)["param"]
@@ -88,6 +91,8 @@ def overwrite_parameter(
     target = optimizer_copy(optimizer, model_param)
     if target is None:
         raise ValueError("parameter is not managed by the optimizer")
+    if target.main is None:
+        return
     target.main.copy_(target.slice_of(model_param.detach().float()))
     source = optimizer_copy(optimizer, moments_from) if moments_from is not None else None
     if source is not None and (source.flat_range is not None or target.flat_range is not None):

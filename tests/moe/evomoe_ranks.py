@@ -46,3 +46,27 @@ def read_losses(path: str) -> list[float]:
 
 def new_log() -> str:
     return os.path.join(tempfile.mkdtemp(), "log.jsonl")
+
+
+def master_copies_follow_spawn_under_distributed_optimizer(flags: list[str]) -> int:
+    """After diversify with the distributed optimizer, every local master shard equals its weights."""
+    import torch
+
+    from megatron_evomoe.training.optimizer_state import optimizer_copy
+
+    run = tiny_run(*flags)
+    initialize.initialize(run.layout, run.training.seed)
+    try:
+        session = setup_session(run, tiny_gpt_task())
+        session.controller.diversify(session.model, session.optimizer)
+        checked = 0
+        for layer in moe_layers(session.model):
+            weights = [w for local in range(layer.num_local_experts) for w in expert_weights(layer.experts, local)]
+            for weight in weights + [layer.router.weight]:
+                copy = optimizer_copy(session.optimizer, weight)
+                if copy.main is not None:
+                    assert torch.equal(copy.main, copy.slice_of(weight.detach().float()))
+                    checked += 1
+        return checked
+    finally:
+        initialize.shutdown()

@@ -135,3 +135,13 @@ def test_ep1_and_ep2_spawn_identical_experts():
     assert set(merged) == set(single)
     for key, (fc1, fc2) in single.items():
         assert torch.equal(merged[key][0], fc1) and torch.equal(merged[key][1], fc2)
+
+
+def test_distributed_optimizer_shards_follow_the_spawned_weights():
+    from tests.moe.evomoe_ranks import master_copies_follow_spawn_under_distributed_optimizer
+
+    flags = DTS + ["--bf16", "--use-distributed-optimizer"]
+    checked = run_ranks(master_copies_follow_spawn_under_distributed_optimizer, 2, flags)
+    assert all(count > 0 for count in checked)  # each rank owns part of the rewritten weights
+    with pytest.raises(ValueError, match="masked_copy needs the full optimizer state"):
+        tiny_run(*flags, "--evomoe-optimizer-state", "masked_copy")
