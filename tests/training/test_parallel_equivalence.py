@@ -37,3 +37,25 @@ def test_layout_matches_single_process(name, single_process):
     assert result["tokens_per_expert"] == single_process["tokens_per_expert"]
     # The tiny model learns: the loss moves.
     assert single_process["lm_loss"][-1] < single_process["lm_loss"][0]
+
+
+# EvoMoE through stage 1, diversify and Top-1 (T_D = T_S: the noisy DTS phase, whose gumbel draws
+# depend on how tokens are split over ranks, is skipped). Checks the shared expert's replicas on EP
+# ranks, layout-independent spawning, and the gate afterwards.
+EVOMOE = ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "2", "--dts-anneal-iters", "1",
+          "--dts-top1-iter", "2"]
+
+
+@pytest.fixture(scope="module")
+def single_process_evomoe():
+    return run_ranks(train_and_report, 1, EVOMOE)[0]
+
+
+@pytest.mark.parametrize("name", ["ep2", "tp2"])
+def test_evomoe_layout_matches_single_process(name, single_process_evomoe):
+    world_size, flags = LAYOUTS[name]
+    result = run_ranks(train_and_report, world_size, EVOMOE + flags)[0]
+    assert result["lm_loss"] == pytest.approx(single_process_evomoe["lm_loss"], rel=1e-5)
+    assert result["grad_norm"] == pytest.approx(single_process_evomoe["grad_norm"], rel=1e-4)
+    assert result["tokens_per_expert"] == single_process_evomoe["tokens_per_expert"]
+    assert sum(single_process_evomoe["tokens_per_expert"][-1][0]) > 0  # experts in use after T_S
