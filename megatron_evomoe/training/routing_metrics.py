@@ -75,12 +75,12 @@ def collect_step_routing(
     table = torch.zeros(num_layers, width, dtype=torch.float64)
     for layer in moe_layers(model_chunks):
         row = table[index[layer.layer_number]]
-        stats = layer.stats
-        row[:num_experts] = stats.tokens_per_expert
-        row[num_experts : num_experts + len(SCALARS)] = stats.scalars
+        tokens_per_expert, scalars, losses = layer.stats.snapshot()
+        row[:num_experts] = tokens_per_expert
+        row[num_experts : num_experts + len(SCALARS)] = scalars
         for k, name in enumerate(loss_names):
-            row[num_experts + len(SCALARS) + k] = stats.losses.get(name, 0.0)
-        stats.reset()
+            row[num_experts + len(SCALARS) + k] = losses.get(name, 0.0)
+        layer.stats.reset()
     if dist.is_initialized() and dist.get_world_size() > 1:
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         reduced = table.to(device)
