@@ -54,7 +54,7 @@ class RoutingStats:
                 value = value.detach().double()
                 self._losses[name] = self._losses[name] + value if name in self._losses else value
 
-    def record_dense(self, num_tokens: int, device: torch.device) -> None:
+    def record_dense(self, num_tokens: int, device: Optional[torch.device] = None) -> None:
         """Add one micro-batch of the EvoMoE shared-expert phase (every token, one FFN, no gate)."""
         scalars = torch.tensor([num_tokens, num_tokens, 0.0, 1.0], dtype=torch.float64, device=device)
         self._add(torch.zeros(self.num_experts, dtype=torch.float64, device=device), scalars)
