@@ -54,21 +54,28 @@ def build_toy_bert_data(out_dir: str, num_documents: int = 200) -> dict:
     }
 
 
-def write_toy_sst2(data_dir: str, num_train: int = 256, num_dev: int = 64, num_test: int = 24, seed: int = 1) -> str:
-    """An SST-2-format task (train/dev: ``sentence<TAB>label``; test: ``index<TAB>sentence``)."""
+def toy_rows(task: str, count: int, seed: int, labeled: bool = True) -> list[tuple]:
+    """(text_a, text_b, label string) rows of a learnable toy version of ``task``.
+
+    SST-2: the sentiment of a short clause. RTE: entailment iff the second sentence is positive. MNLI: the
+    second sentence's sentiment (entailment / contradiction), neutral when it has no adjective.
+    """
     rng = random.Random(seed)
-    os.makedirs(data_dir, exist_ok=True)
-
-    def rows(count):
-        for _ in range(count):
-            label = rng.random() < 0.5
-            yield sentence(rng, label).lower(), int(label)
-
-    for name, count in (("train.tsv", num_train), ("dev.tsv", num_dev)):
-        with open(os.path.join(data_dir, name), "w") as f:
-            f.write("sentence\tlabel\n")
-            f.writelines(f"{text}\t{label}\n" for text, label in rows(count))
-    with open(os.path.join(data_dir, "test.tsv"), "w") as f:
-        f.write("index\tsentence\n")
-        f.writelines(f"{i}\t{text}\n" for i, (text, _) in enumerate(rows(num_test)))
-    return data_dir
+    rows = []
+    for _ in range(count):
+        positive = rng.random() < 0.5
+        if task == "SST-2":
+            adjective = rng.choice(POSITIVE if positive else NEGATIVE)
+            row = (f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {adjective}", None, str(int(positive)))
+        elif task == "RTE":
+            row = (sentence(rng, rng.random() < 0.5), sentence(rng, positive),
+                   "entailment" if positive else "not_entailment")
+        elif task == "MNLI":
+            kind = rng.choice(("entailment", "contradiction", "neutral"))
+            second = f"{rng.choice(SUBJECTS)} {rng.choice(TAILS)}." if kind == "neutral" else sentence(
+                rng, kind == "entailment")
+            row = (sentence(rng, rng.random() < 0.5), second, kind)
+        else:
+            raise ValueError(task)
+        rows.append(row if labeled else row[:2] + (None,))
+    return rows

@@ -10,7 +10,8 @@ from tests.glue.tsv_fixtures import write_task
 
 LABELS = {
     "CoLA": ("1", "0"), "SST-2": ("0", "1"), "MRPC": ("1", "0"), "STS-B": ("4.250", "0.000"), "QQP": ("0", "1"),
-    "MNLI": ("neutral", "contradiction"), "QNLI": ("not_entailment", "entailment"), "RTE": ("entailment", "not_entailment"),
+    "MNLI": ("neutral", "contradiction"), "QNLI": ("not_entailment", "entailment"),
+    "RTE": ("entailment", "not_entailment"),
 }
 PAIR = {"CoLA": False, "SST-2": False}
 

@@ -53,7 +53,8 @@ def _labeled(task: str, rows: list[Row], split: str) -> tuple[Optional[tuple], l
              a, b, label, *extra, label)
             for i, (a, b, label) in enumerate(rows)]
     if task == "QNLI":
-        return ("index", "question", "sentence", "label"), [(str(i), a, b, label) for i, (a, b, label) in enumerate(rows)]
+        return ("index", "question", "sentence", "label"), [
+            (str(i), a, b, label) for i, (a, b, label) in enumerate(rows)]
     if task == "RTE":
         return ("index", "sentence1", "sentence2", "label"), [
             (str(i), a, b, label) for i, (a, b, label) in enumerate(rows)]

@@ -1,0 +1,1 @@
+"""GLUE fine-tuning data: task definitions, TSV readers, input encoding, metrics, submission files."""

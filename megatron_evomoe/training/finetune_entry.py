@@ -1,0 +1,122 @@
+"""What ``finetune_glue.py`` does around :func:`~megatron_evomoe.training.finetune.finetune`.
+
+flags (the source checkpoint's ``model_args.json`` as defaults) -> tokenizer -> every GLUE file read
+and checked -> the step schedule from the training-set size -> validated run config -> process
+groups -> fine-tune -> exit. User errors (flags, TSV files, checkpoints) end the process with one
+line on stderr and exit code 2, as the pretraining scripts do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+from megatron_evomoe import initialize
+from megatron_evomoe.arguments import build_parser, build_run_config, world_size_from_env
+from megatron_evomoe.bert_arguments import FinetuneConfig, add_glue_args, finetune_config_from_args
+from megatron_evomoe.data.glue.readers import read_task_data
+from megatron_evomoe.data.glue.tasks import GlueTask, get_task
+from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
+from megatron_evomoe.data.tokenizer import padded_vocab_size
+from megatron_evomoe.training.dry_run import print_dry_run
+from megatron_evomoe.training.entry import quiet_megatron
+from megatron_evomoe.training.finetune import FinetuneResult, finetune, glue_loop_task
+from megatron_evomoe.training.model_args import default_model_name, flag_defaults, read_model_args, save_model_args
+
+FINETUNE_DEFAULTS = {
+    # RoBERTa's GLUE recipe (Liu et al. 2019, Table 10); the paper follows RoBERTa.
+    "lr": 2e-5, "lr_decay_style": "linear", "weight_decay": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.98,
+    "adam_eps": 1e-6, "clip_grad": 0.0, "micro_batch_size": 16, "log_interval": 50,
+}
+
+
+def parse_finetune_args(
+    argv: Optional[Sequence[str]], description: str
+) -> tuple[argparse.Namespace, Optional[dict[str, Any]], argparse.ArgumentParser]:
+    """Parse the flags; the model flags default to those saved with the source checkpoint.
+
+    Returns (args, the source checkpoint's model-args record or None, the parser).
+    """
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--pretrained-checkpoint")
+    peek.add_argument("--load")
+    known, _ = peek.parse_known_args(argv)
+    source = known.load or known.pretrained_checkpoint
+    record = read_model_args(source) if source else None
+    parser = build_parser(description, add_glue_args)
+    parser.set_defaults(**FINETUNE_DEFAULTS)
+    if record is not None:
+        parser.set_defaults(**flag_defaults(record, parser))
+    return parser.parse_args(argv), record, parser
+
+
+def set_schedule(args: argparse.Namespace, config: FinetuneConfig, num_train: int, world_size: int) -> None:
+    """--train-iters from epochs x steps per epoch (whole global batches); warm-up from its fraction."""
+    dp = world_size // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size)
+    global_batch = args.global_batch_size or args.micro_batch_size * max(dp, 1)
+    steps_per_epoch = num_train // global_batch
+    if config.epochs > 0 and steps_per_epoch == 0:
+        raise ValueError(f"train.tsv has {num_train} examples, fewer than one global batch ({global_batch})")
+    args.train_iters = max(1, config.epochs * steps_per_epoch)
+    if not args.lr_warmup_iters:
+        args.lr_warmup_iters = int(config.lr_warmup_fraction * args.train_iters)
+    args.eval_interval = args.train_iters  # the loop's interval is unused: dev sets are scored per epoch
+    args.finetune = bool(args.load)  # --load: weights only (a fine-tuned model), start at step 0
+
+
+def vocabulary_size(args: argparse.Namespace, tokenizer, record: Optional[dict]) -> int:
+    """The source checkpoint's padded vocabulary (whatever TP it was padded for), else padded here."""
+    tp = args.tensor_model_parallel_size
+    saved = (record or {}).get("padded_vocab_size")
+    if saved is None:
+        return padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, tp)
+    if saved < tokenizer.vocab_size or saved % tp:
+        raise ValueError(
+            f"the checkpoint's padded vocabulary ({saved}) does not fit this tokenizer ({tokenizer.vocab_size} ids) "
+            f"and --tensor-model-parallel-size {tp}"
+        )
+    return saved
+
+
+def check_load_source(task: GlueTask, record: Optional[dict], args: argparse.Namespace) -> None:
+    """--load needs a checkpoint fine-tuned on this task (its head has this task's outputs)."""
+    if not args.load or record is None:
+        return
+    if record.get("task") != task.name:
+        what = f"fine-tuned on {record['task']}" if record.get("task") else "a pretraining checkpoint"
+        raise ValueError(
+            f"--load {args.load} is {what}, not a {task.name} model: use --pretrained-checkpoint {args.load} "
+            "to fine-tune from its encoder with a new head"
+        )
+
+
+def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optional[FinetuneResult]:
+    """Run ``finetune_glue.py``."""
+    quiet_megatron()
+    try:
+        args, record, parser = parse_finetune_args(argv, description)
+        config = finetune_config_from_args(args)
+        task = get_task(config.task)
+        check_load_source(task, record, args)
+        data = read_task_data(task, config.data_dir, train=config.epochs > 0, test=config.predict)
+        set_schedule(args, config, len(data.train), world_size_from_env())
+        tokenizer = mlm_tokenizer_from_args(args)
+        run = build_run_config(args, vocabulary_size(args, tokenizer, record))
+        if run.training.dry_run:  # validate, print sizes and memory (training/dry_run.py); no training
+            print_dry_run(run, glue_loop_task(task, args.bert_binary_head), fine_tuning=True)
+            return None
+        source = args.load or config.pretrained_checkpoint
+        model_name = config.model_name or (record or {}).get("model_name") or default_model_name(source)
+        if run.training.save and int(os.environ.get("RANK", "0")) == 0:
+            save_model_args(
+                run.training.save, args, parser, model_name, run.model.vocab_size, task.name, task.num_outputs
+            )
+        initialize.initialize(run.layout, run.training.seed, args.distributed_timeout_minutes)
+        result = finetune(run, config, task, data, tokenizer, model_name, add_binary_head=args.bert_binary_head)
+    except ValueError as exc:  # user errors: flags, data, checkpoints
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    initialize.shutdown()
+    return result

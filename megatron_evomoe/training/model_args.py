@@ -1,0 +1,102 @@
+"""The model flags a checkpoint was trained with, saved beside it (``<save>/model_args.json``).
+
+Why: fine-tuning must rebuild exactly the pretrained model (layers, experts, router, tokenizer,
+vocabulary padding, binary head, ...). Repeating two dozen flags by hand is error prone, and the
+checkpoint's own metadata only covers the main sizes. ``pretrain_bert_moe.py`` and
+``finetune_glue.py`` write the flags of the model-defining argument groups here; ``finetune_glue.py``
+uses a checkpoint's file as defaults (like Megatron-LM's ``--use-checkpoint-args``), so a flag given
+on the command line still wins. Precision and communication flags are runtime choices and are
+not inherited. Tokenizer paths are stored absolute.
+
+The record also holds the padded vocabulary size (it depends on the TP size it was padded for, and
+a checkpoint keeps it under any other layout), the model's name (its row in the GLUE table) and, for
+a fine-tuned checkpoint, its task and number of outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Optional
+
+MODEL_ARGS_FILE = "model_args.json"
+MODEL_GROUPS = ("model", "mixture of experts", "baseline routers", "EvoMoE", "tokenizer", "BERT")
+"""Titles (prefixes) of the argument groups whose flags define the model."""
+RUNTIME_FLAGS = frozenset(
+    {
+        "bf16", "fp16", "loss_scale", "initial_loss_scale", "moe_token_dispatcher_type",
+        "moe_ranks_per_node", "moe_a2a_alpha_intra", "moe_a2a_beta_intra", "moe_a2a_alpha_inter",
+        "moe_a2a_beta_inter", "moe_a2a_calibrate",
+    }
+)
+PATH_FLAGS = ("vocab_file", "merge_file", "tokenizer_model")
+
+
+def model_flag_names(parser: argparse.ArgumentParser) -> list[str]:
+    """Destinations of the model-defining flags of ``parser``."""
+    names = []
+    for group in parser._action_groups:  # argparse has no public accessor for groups
+        if group.title and group.title.startswith(MODEL_GROUPS):
+            names.extend(a.dest for a in group._group_actions if a.dest not in RUNTIME_FLAGS)
+    return names
+
+
+def save_model_args(
+    root: str,
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    model_name: str,
+    padded_vocab_size: int,
+    task: Optional[str] = None,
+    num_outputs: Optional[int] = None,
+) -> str:
+    """Write ``root/model_args.json`` atomically (call on one rank); returns its path.
+
+    ``padded_vocab_size`` is recorded because it depends on the tensor-parallel size it was padded
+    for: a model saved under TP=2 must keep its embedding size when it is loaded under TP=1.
+    """
+    flags = {}
+    for name in model_flag_names(parser):
+        value = getattr(args, name, None)
+        if name in PATH_FLAGS and value:
+            value = os.path.abspath(value)
+        flags[name] = value
+    record = {
+        "flags": flags, "model_name": model_name, "padded_vocab_size": padded_vocab_size,
+        "task": task, "num_outputs": num_outputs,
+    }
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, MODEL_ARGS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_model_args(root: str) -> Optional[dict[str, Any]]:
+    """The record saved in checkpoint directory ``root``, or None when it has none."""
+    path = os.path.join(root, MODEL_ARGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("flags"), dict):
+        raise ValueError(f"{path} is not a model-args record")
+    return record
+
+
+def flag_defaults(record: dict[str, Any], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The saved flags that ``parser`` knows, as ``parser.set_defaults`` keywords."""
+    known = set(model_flag_names(parser))
+    return {name: value for name, value in record["flags"].items() if name in known}
+
+
+def default_model_name(checkpoint_dir: Optional[str]) -> str:
+    """The name of a model saved in ``checkpoint_dir`` (its directory name)."""
+    if not checkpoint_dir:
+        return "scratch"
+    return os.path.basename(os.path.normpath(os.path.abspath(checkpoint_dir)))

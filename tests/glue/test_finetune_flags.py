@@ -1,0 +1,77 @@
+"""finetune_glue.py's flag handling: checkpoint model flags as defaults, the epoch schedule, the
+vocabulary of a checkpoint, and one clear error (exit 2) for bad input -- all before any training."""
+
+import argparse
+import os
+
+import pytest
+
+from megatron_evomoe.arguments import build_parser
+from megatron_evomoe.bert_arguments import add_bert_args, finetune_config_from_args
+from megatron_evomoe.data.glue.tasks import get_task
+from megatron_evomoe.training import finetune_entry
+from megatron_evomoe.training.model_args import model_flag_names, read_model_args, save_model_args
+from tests.glue.tsv_fixtures import write_task
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A directory with the model_args.json of a 6-layer BPE model pretrained with TP=2."""
+    parser = build_parser("", add_bert_args)
+    args = parser.parse_args(["--num-layers", "6", "--num-experts", "8", "--moe-router-type", "dts", "--bf16",
+                              "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", "tok/vocab.json"])
+    save_model_args(str(tmp_path / "ckpt"), args, parser, "evomoe", padded_vocab_size=512)
+    return str(tmp_path / "ckpt")
+
+
+def _argv(checkpoint, data_dir, *extra):
+    return ["--task", "RTE", "--data-dir", data_dir, "--pretrained-checkpoint", checkpoint, *extra]
+
+
+def test_model_flags_come_from_the_checkpoint(checkpoint, tmp_path):
+    record = read_model_args(checkpoint)
+    assert record["padded_vocab_size"] == 512 and record["model_name"] == "evomoe" and record["task"] is None
+    assert record["flags"]["vocab_file"] == os.path.abspath("tok/vocab.json")
+    names = model_flag_names(build_parser("", add_bert_args))
+    assert {"num_layers", "num_experts", "moe_router_type", "bert_binary_head", "tokenizer_type"} <= set(names)
+    assert not {"bf16", "lr", "seed", "tensor_model_parallel_size"} & set(names)
+
+    args, _, _ = finetune_entry.parse_finetune_args(_argv(checkpoint, str(tmp_path), "--num-experts", "4"), "")
+    assert (args.num_layers, args.moe_router_type, args.num_experts) == (6, "dts", 4)  # the command line wins
+    assert not args.bf16 and args.lr == 2e-5 and args.adam_beta2 == 0.98  # RoBERTa's fine-tuning defaults
+
+
+def test_schedule_from_epochs_and_vocabulary_from_checkpoint(checkpoint, tmp_path):
+    args, record, _ = finetune_entry.parse_finetune_args(_argv(checkpoint, str(tmp_path), "--epochs", "3"), "")
+    config = finetune_config_from_args(args)
+    args.global_batch_size = 16
+    finetune_entry.set_schedule(args, config, num_train=100, world_size=1)
+    assert (args.train_iters, args.lr_warmup_iters) == (18, 1)  # 3 x (100 // 16); 6% warm-up
+    tokenizer = argparse.Namespace(vocab_size=300)
+    assert finetune_entry.vocabulary_size(args, tokenizer, record) == 512  # not re-padded for this TP size
+    with pytest.raises(ValueError, match="does not fit this tokenizer"):
+        finetune_entry.vocabulary_size(args, argparse.Namespace(vocab_size=600), record)
+
+
+def test_flag_combinations(checkpoint, tmp_path):
+    def config(*extra):
+        return finetune_config_from_args(finetune_entry.parse_finetune_args(
+            ["--task", "RTE", "--data-dir", str(tmp_path), *extra], "")[0])
+
+    with pytest.raises(ValueError, match="not both"):
+        config("--pretrained-checkpoint", checkpoint, "--load", checkpoint)
+    with pytest.raises(ValueError, match="--epochs 0 only evaluates"):
+        config("--pretrained-checkpoint", checkpoint, "--epochs", "0")
+    args = argparse.Namespace(load=checkpoint)
+    with pytest.raises(ValueError, match="is a pretraining checkpoint.*use --pretrained-checkpoint"):
+        finetune_entry.check_load_source(get_task("RTE"), read_model_args(checkpoint), args)
+
+
+def test_bad_tsv_is_one_error_line_and_exit_2(checkpoint, tmp_path, capsys):
+    write_task("RTE", str(tmp_path), [("a", "b", "entailment"), ("c", "d", "maybe")], [("a", "b", "entailment")],
+               [("a", "b", None)])
+    with pytest.raises(SystemExit) as exit_info:
+        finetune_entry.main(_argv(checkpoint, str(tmp_path)))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and "train.tsv:3: label 'maybe'" in err
