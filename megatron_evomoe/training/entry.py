@@ -7,13 +7,16 @@ exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
 from megatron_evomoe import initialize
 from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
+from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
 from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
 
 
@@ -34,7 +37,26 @@ def configure(
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
     )
+    saved = checkpoint_padded_vocab(args.load) if args.load else None
+    if saved is not None and saved != vocab and saved >= tokenizer.vocab_size:
+        # The padding depends on the TP size: resuming under another TP size keeps the
+        # checkpoint's embedding shape (when this TP size divides it) instead of failing to load.
+        if saved % args.tensor_model_parallel_size != 0:
+            raise ValueError(
+                f"checkpoint {args.load} has a vocabulary padded to {saved}, which "
+                f"--tensor-model-parallel-size {args.tensor_model_parallel_size} does not divide"
+            )
+        vocab = saved
     return build_run_config(args, vocab), tokenizer
+
+
+def checkpoint_padded_vocab(root: str) -> Optional[int]:
+    """The padded vocabulary size recorded in the newest checkpoint under ``root`` (None if unknown)."""
+    try:
+        meta_path = os.path.join(checkpoint_dir(root, read_tracker(root)), META_FILE)
+        return int(json.load(open(meta_path))["padded_vocab_size"])
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main(

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 import pytest
+import torch
 
 from megatron_evomoe.training.checkpointing import TRACKER_FILE, CheckpointError, checkpoint_dir, read_tracker
 from tests.distributed import run_ranks
@@ -115,3 +116,33 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(saved, tmp_pat
     os.remove(os.path.join(partial, "common.pt"))
     assert read_tracker(ckpt) == 4
     assert _load_here("--load", ckpt).state.iteration == 4
+
+
+def test_weights_only_load_refreshes_the_fp32_master_copies(saved, megatron_world_of_one):
+    from megatron_evomoe.training.optimizer_state import optimizer_copy
+
+    root, _ = saved
+    session = _load_here("--load", os.path.join(root, "ckpt"), "--finetune", "--bf16")
+    assert session.state.iteration == 0
+    for param in session.model[0].parameters():
+        copy = optimizer_copy(session.optimizer, param)
+        assert copy.main.dtype == torch.float32 and torch.equal(copy.main, param.detach().float())
+
+
+def test_resume_keeps_the_checkpoint_padded_vocabulary(tmp_path):
+    from types import SimpleNamespace
+
+    from megatron_evomoe.arguments import parse_args
+    from megatron_evomoe.training.entry import configure
+    from tests.tiny import tiny_args
+
+    ckpt = tmp_path / "ckpt"
+    os.makedirs(checkpoint_dir(str(ckpt), 7))
+    (ckpt / TRACKER_FILE).write_text("7")
+    (ckpt / "iter_0000007" / "run_meta.json").write_text(json.dumps({"padded_vocab_size": 128}))
+    tokenizer = SimpleNamespace(vocab_size=120)
+    args = parse_args(tiny_args("--make-vocab-size-divisible-by", "8", "--load", str(ckpt)))
+    run, _ = configure(args, lambda a: tokenizer)
+    assert run.model.vocab_size == 128  # TP=1 alone would pad 120 to 120
+    fresh = parse_args(tiny_args("--make-vocab-size-divisible-by", "8"))
+    assert configure(fresh, lambda a: tokenizer)[0].model.vocab_size == 120
