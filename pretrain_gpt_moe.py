@@ -9,7 +9,9 @@ Single process (CPU or one GPU)::
         --train-iters 300 --lr 1e-3 --log-interval 10 --eval-interval 100 --save ckpt --save-interval 100
 
 Several processes: ``torchrun --nproc-per-node 8 pretrain_gpt_moe.py ... --expert-model-parallel-size 8``
-(see examples/ for the paper's configurations and multi-node launches).
+(see examples/ for the paper's configurations and multi-node launches). ``--dry-run`` (with
+``WORLD_SIZE=8`` in the environment, no launcher) validates such a config and prints parameter counts
+and a per-GPU memory estimate without training.
 """
 
 from functools import partial
@@ -17,6 +19,7 @@ from functools import partial
 from megatron_evomoe.arguments import RunConfig
 from megatron_evomoe.data.gpt_dataset import build_gpt_datasets, data_config_from_args
 from megatron_evomoe.models.gpt import build_gpt_model, gpt_forward, masked_token_loss
+from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import main
 from megatron_evomoe.training.loop import Task
 
@@ -40,4 +43,4 @@ def make_task(run: RunConfig, tokenizer) -> Task:
 
 
 if __name__ == "__main__":
-    main(make_task, __doc__.splitlines()[0])
+    main(make_task, __doc__.splitlines()[0], dry_run=print_dry_run)

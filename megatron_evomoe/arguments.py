@@ -127,24 +127,56 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--moe-a2a-alpha-inter", type=float, default=DispatchOptions.alpha_inter)
     g.add_argument("--moe-a2a-beta-inter", type=float, default=DispatchOptions.beta_inter)
     g.add_argument("--moe-a2a-calibrate", action="store_true", help="measure alpha/beta at start-up")
-    r = parser.add_argument_group("baseline routers")
-    r.add_argument("--gshard-random-routing", action="store_true")
-    r.add_argument("--base-auction-epsilon", type=float, default=RouterOptions.base_auction_epsilon)
-    r.add_argument("--hash-type", choices=["random", "balanced"], default="random")
-    r.add_argument("--hash-frequency-samples", type=int, default=RouterOptions.hash_frequency_samples)
-    r.add_argument("--stablemoe-stage1-iters", type=int, default=None, help="default: 10%% of --train-iters")
-    r.add_argument("--stablemoe-distill-coeff", type=float, default=RouterOptions.stablemoe_distill_coeff)
-    r.add_argument("--stablemoe-distill-dim", type=int, default=RouterOptions.stablemoe_distill_dim)
-    r.add_argument("--dselectk-gamma", type=float, default=RouterOptions.dselectk_gamma)
-    r.add_argument("--dselectk-entropy-coeff", type=float, default=RouterOptions.dselectk_entropy_coeff)
+    r = parser.add_argument_group("baseline routers (docs/routers.md)")
+    r.add_argument(
+        "--gshard-random-routing", action="store_true",
+        help="gshard: in training, use the 2nd expert only if 2*g2 > U(0,1) (g2 normalised over the top-2)",
+    )
+    r.add_argument(
+        "--base-auction-epsilon", type=float, default=RouterOptions.base_auction_epsilon,
+        help="base: auction bid increment relative to the score range (total within T*eps*range of optimal)",
+    )
+    r.add_argument(
+        "--base-auction-max-rounds", type=int, default=RouterOptions.base_auction_max_rounds,
+        help="base: cap on auction rounds, after which remaining tokens fill free slots greedily",
+    )
+    r.add_argument(
+        "--hash-type", choices=["random", "balanced"], default="random",
+        help="hash: random token->expert table, or balanced from training-data token frequencies",
+    )
+    r.add_argument(
+        "--hash-frequency-samples", type=int, default=RouterOptions.hash_frequency_samples,
+        help="hash balanced: training samples counted for token frequencies",
+    )
+    r.add_argument(
+        "--stablemoe-stage1-iters", type=int, default=None,
+        help="stablemoe: iterations of stage 1 (learn + distill routing); default 10%% of --train-iters",
+    )
+    r.add_argument(
+        "--stablemoe-distill-coeff", type=float, default=RouterOptions.stablemoe_distill_coeff,
+        help="stablemoe: weight of the distillation cross-entropy (balance alpha is --moe-aux-loss-coeff)",
+    )
+    r.add_argument(
+        "--stablemoe-distill-dim", type=int, default=RouterOptions.stablemoe_distill_dim,
+        help="stablemoe: dimension of the distilled router's word embedding",
+    )
+    r.add_argument(
+        "--dselectk-gamma", type=float, default=RouterOptions.dselectk_gamma,
+        help="dselectk: smooth-step width gamma (k is --moe-router-topk)",
+    )
+    r.add_argument(
+        "--dselectk-entropy-coeff", type=float, default=RouterOptions.dselectk_entropy_coeff,
+        help="dselectk: weight of the selectors' mean entropy (drives the gate to be sparse)",
+    )
     e = parser.add_argument_group("EvoMoE (--moe-router-type dts)")
     e.add_argument("--evomoe-shared-expert-iters", type=int, default=None, help="T_S (default 10%% of --train-iters)")
     e.add_argument("--evomoe-mask-ratio", type=float, default=EvoMoEOptions.mask_ratio)
     e.add_argument("--evomoe-mask-granularity", choices=["element", "neuron"], default="element")
     e.add_argument(
-        "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default="masked_copy",
-        help="Adam moments of spawned experts: the shared expert's under the same mask (default), "
-        "or zeros (reset; Adam's bias correction does not restart: megatron keeps one step count)",
+        "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default=None,
+        help="Adam moments of spawned experts: the shared expert's under the same mask (masked_copy; "
+        "default), or zeros (reset; default with --use-distributed-optimizer, whose shards do not hold "
+        "the shared expert's moments; Adam's bias correction does not restart: megatron keeps one step count)",
     )
     e.add_argument("--no-expert-diversify", action="store_true", help="ablation: random experts + DTS")
     e.add_argument("--no-gate-sparsify", action="store_true", help="ablation: diversify + Switch Top-1")
@@ -191,6 +223,11 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--log-interval", type=int, default=10)
     e.add_argument("--tensorboard-dir", default=None)
     e.add_argument("--log-json", default=None, help="append one JSON object per logged iteration")
+    e.add_argument(
+        "--log-routing-probe", type=int, default=0, metavar="N",
+        help="at each log interval, route the first N validation tokens in eval mode and log each token's "
+        "id and expert per MoE layer (training/routing_probe.py; 0: off)",
+    )
 
 
 def build_parser(
@@ -253,6 +290,21 @@ def _validate_parallel(args: argparse.Namespace, world_size: int) -> ParallelLay
     return layout
 
 
+def _validate_moe_communication(args: argparse.Namespace, world_size: int) -> None:
+    """Dispatcher topology and MoE-aware recomputation flags."""
+    rpn = args.moe_ranks_per_node
+    if rpn is not None:
+        _check(rpn >= 1, f"--moe-ranks-per-node must be >= 1, got {rpn}")
+        _check(world_size % rpn == 0, f"--moe-ranks-per-node {rpn} does not divide the world size {world_size}")
+    if args.moe_recompute == "moe_aware":
+        _check(args.num_experts is not None, "--moe-recompute moe_aware needs --num-experts")
+        _check(
+            args.recompute_granularity != "full",
+            "--moe-recompute moe_aware and --recompute-granularity full exclude each other: full already "
+            "recomputes every layer, all-to-alls included (selective may be combined with moe_aware)",
+        )
+
+
 def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size: int) -> None:
     dp = layout.data_parallel_size(world_size)
     if args.global_batch_size is None:
@@ -264,6 +316,7 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
     )
     for flag in ("micro_batch_size", "train_iters", "seq_length", "log_interval", "eval_interval"):
         _check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
+    _check(args.log_routing_probe >= 0, "--log-routing-probe must be >= 0")
     if args.save_interval is not None:
         _check(args.save is not None, "--save-interval needs --save DIR")
     if args.max_position_embeddings is None:
@@ -276,18 +329,35 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
 
 
 def _router_options(args: argparse.Namespace) -> RouterOptions:
+    router = args.moe_router_type
     coeff = args.moe_aux_loss_coeff
     if coeff is None:
-        coeff = DEFAULT_AUX_LOSS_COEFF[args.moe_router_type]
+        coeff = DEFAULT_AUX_LOSS_COEFF[router]
     stage1 = args.stablemoe_stage1_iters
     if stage1 is None:
         stage1 = max(1, args.train_iters // 10)
+    topk = args.moe_router_topk
+    if router in ("switch", "base", "hash", "stablemoe"):
+        _check(topk in (None, 1), f"--moe-router-type {router} is a top-1 router: --moe-router-topk must be 1")
+    if router == "gshard":
+        _check(topk in (None, 2), "--moe-router-type gshard is a top-2 gate: --moe-router-topk must be 2")
+    _check(coeff >= 0, "--moe-aux-loss-coeff must be >= 0")
+    _check(0.0 <= args.moe_input_jitter_eps < 1.0, "--moe-input-jitter-eps must be in [0, 1)")
+    _check(args.base_auction_epsilon > 0, "--base-auction-epsilon must be > 0")
+    _check(args.base_auction_max_rounds >= 1, "--base-auction-max-rounds must be >= 1")
+    _check(args.hash_frequency_samples >= 1, "--hash-frequency-samples must be >= 1")
+    _check(stage1 >= 0, "--stablemoe-stage1-iters must be >= 0")
+    _check(args.stablemoe_distill_coeff >= 0, "--stablemoe-distill-coeff must be >= 0")
+    _check(args.stablemoe_distill_dim >= 1, "--stablemoe-distill-dim must be >= 1")
+    _check(args.dselectk_gamma > 0, "--dselectk-gamma must be > 0")
+    _check(args.dselectk_entropy_coeff >= 0, "--dselectk-entropy-coeff must be >= 0")
     return RouterOptions(
         router_type=args.moe_router_type,
         aux_loss_coeff=coeff,
         jitter_eps=args.moe_input_jitter_eps,
         gshard_random_routing=args.gshard_random_routing,
         base_auction_epsilon=args.base_auction_epsilon,
+        base_auction_max_rounds=args.base_auction_max_rounds,
         hash_type=args.hash_type,
         hash_frequency_samples=args.hash_frequency_samples,
         stablemoe_stage1_iters=stage1,
@@ -314,6 +384,14 @@ def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
     )
     _check(anneal >= 1, "--dts-anneal-iters must be >= 1")
     _check(top1 >= shared, f"--dts-top1-iter {top1} is before the end of stage 1 (T_S = {shared})")
+    optimizer_state = args.evomoe_optimizer_state
+    if optimizer_state is None:
+        optimizer_state = "reset" if args.use_distributed_optimizer else "masked_copy"
+    _check(
+        not (optimizer_state == "masked_copy" and args.use_distributed_optimizer),
+        "--evomoe-optimizer-state masked_copy needs the full optimizer state on each rank: "
+        "not available with --use-distributed-optimizer (use reset)",
+    )
     _check(
         not (args.no_expert_diversify and args.no_gate_sparsify),
         "--no-expert-diversify and --no-gate-sparsify together are plain Switch: use --moe-router-type switch",
@@ -322,7 +400,7 @@ def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
         shared_expert_iters=shared,
         mask_ratio=args.evomoe_mask_ratio,
         mask_granularity=args.evomoe_mask_granularity,
-        optimizer_state=args.evomoe_optimizer_state,
+        optimizer_state=optimizer_state,
         expert_diversify=not args.no_expert_diversify,
         gate_sparsify=not args.no_gate_sparsify,
         dts_threshold=args.dts_threshold,
@@ -413,6 +491,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
     """Validate ``args`` and build every config. ``vocab_size`` is the padded vocabulary."""
     world_size = world_size or world_size_from_env()
     layout = _validate_parallel(args, world_size)
+    _validate_moe_communication(args, world_size)
     _validate_batch(args, layout, world_size)
     _check(args.moe_layer_freq >= 1, "--moe-layer-freq must be >= 1")
     model = _model_config(args, vocab_size)
@@ -453,6 +532,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         no_load_rng=args.no_load_rng,
         tensorboard_dir=args.tensorboard_dir,
         log_json=args.log_json,
+        log_routing_probe=args.log_routing_probe,
         seed=args.seed,
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,

@@ -264,6 +264,23 @@ def _patch_checkpoint_writer() -> None:
     writer.preload_tensors = staticmethod(preload_tensors)
 
 
+def _patch_aux_loss_scale(scaler) -> None:
+    """A backward before any schedule ran leaves a 0-d scale; the schedule's later ``copy_`` of a
+    ``[1]`` scale into it then fails. Replace the tensor when shape or device differ."""
+    if getattr(scaler.set_loss_scale, "_evomoe_fixed", False):
+        return
+
+    def set_loss_scale(scale: torch.Tensor) -> None:
+        current = scaler.main_loss_backward_scale
+        if current is None or current.shape != scale.shape or current.device != scale.device:
+            scaler.main_loss_backward_scale = scale.detach().clone()
+        else:
+            current.copy_(scale)
+
+    set_loss_scale._evomoe_fixed = True
+    scaler.set_loss_scale = staticmethod(set_loss_scale)
+
+
 def apply_megatron_fixes() -> None:
     """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine."""
     if _STATE["fixes_applied"]:
@@ -277,6 +294,7 @@ def apply_megatron_fixes() -> None:
         bert_model = importlib.import_module("megatron.core.models.bert.bert_model")
         # is_te_min_version compares None with a Version when TE is absent.
         bert_model.is_te_min_version = lambda *args, **kwargs: False
+    _patch_aux_loss_scale(moe_utils.MoEAuxLossAutoScaler)
     bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
     if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
         # Without apex the BERT LM head's norm is torch's WrappedTorchNorm, which refuses sequence

@@ -13,8 +13,10 @@ from typing import Optional
 
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+# Defined beside the dispatchers (importable without megatron-core); re-exported here.
+from megatron_evomoe.moe.dispatch.options import DISPATCHER_TYPES, DispatchOptions  # noqa: F401
+
 ROUTER_TYPES = ("switch", "gshard", "base", "hash", "stablemoe", "dselectk", "dts")
-DISPATCHER_TYPES = ("allgather", "alltoall", "hierarchical", "hierarchical_2d", "auto")
 
 # The aux-loss coefficient each router's paper uses when --moe-aux-loss-coeff is not given.
 DEFAULT_AUX_LOSS_COEFF = {
@@ -37,27 +39,32 @@ class RouterOptions:
     aux_loss_coeff: float = 0.01
     """Coefficient of the router's balance loss (resolved from DEFAULT_AUX_LOSS_COEFF when unset)."""
     jitter_eps: float = 0.0
-    """switch: multiplicative jitter noise U(1-eps, 1+eps) on the router input during training."""
+    """switch: multiplicative jitter noise U(1-eps, 1+eps) on the router input during training
+    (the Switch paper uses 0.01)."""
     gshard_random_routing: bool = False
-    """gshard: send a token to its 2nd expert only with probability min(1, 2*g2) (GShard sec. 2.2)."""
+    """gshard: in training, send a token to its 2nd expert only if 2 * g2 > u, u ~ U(0, 1), with g2
+    normalised over the top-2 pair (GShard Algorithm 1)."""
     base_auction_epsilon: float = 1e-4
-    """base: the auction's bid increment (relative to the score range); smaller is more exact."""
+    """base: the auction's bid increment relative to the score range; the assignment's total score
+    is within T * epsilon * range of the optimum (smaller is more exact, may take more rounds)."""
     base_auction_max_rounds: int = 10000
-    """base: safety cap on bidding rounds."""
+    """base: cap on bidding rounds; afterwards the remaining tokens fill free slots greedily."""
     hash_type: str = "random"
-    """hash: 'random' (a fixed random token->expert table) or 'balanced' (from token frequencies)."""
+    """hash: 'random' (a fixed random token->expert table per layer) or 'balanced' (built from
+    training-data token frequencies, most frequent tokens first into the emptiest expert)."""
     hash_frequency_samples: int = 2000
-    """hash: training documents read to count token frequencies for the balanced hash."""
+    """hash: training samples read to count token frequencies for the balanced hash."""
     stablemoe_stage1_iters: int = 0
     """stablemoe: iterations of stage 1 (routing learned and distilled); frozen afterwards."""
     stablemoe_distill_coeff: float = 0.3
-    """stablemoe: weight of the distillation cross-entropy."""
+    """stablemoe: weight of the distillation cross-entropy (mean over tokens)."""
     stablemoe_distill_dim: int = 50
     """stablemoe: size of the lightweight distilled router's word embedding."""
     dselectk_gamma: float = 1.0
-    """dselectk: width of the smooth-step function."""
-    dselectk_entropy_coeff: float = 1e-6
-    """dselectk: weight of the entropy regulariser that drives selectors to be sparse."""
+    """dselectk: width of the smooth-step function (its polynomial region is [-gamma/2, gamma/2])."""
+    dselectk_entropy_coeff: float = 1e-3
+    """dselectk: weight of the selectors' entropy (mean over tokens) that drives them to be binary.
+    The official implementation uses 1e-6 on a sum over the batch, i.e. 1e-6 x batch size here."""
 
 
 @dataclass
@@ -91,26 +98,6 @@ class EvoMoEOptions:
     """T_D: from here the gate is Top-1 (default T_S + dts_anneal_iters)."""
     dts_top1_noise: bool = False
     """Keep gumbel noise in the Top-1 phase (training only)."""
-
-
-@dataclass
-class DispatchOptions:
-    """How tokens travel between expert-parallel ranks."""
-
-    dispatcher_type: str = "allgather"
-    """One of DISPATCHER_TYPES."""
-    ranks_per_node: Optional[int] = None
-    """Ranks that share a node (None: LOCAL_WORLD_SIZE from the launcher, else all ranks)."""
-    alpha_intra: float = 5e-6
-    """Cost model: latency (s) of one intra-node message."""
-    beta_intra: float = 1.0 / 100e9
-    """Cost model: seconds per byte within a node."""
-    alpha_inter: float = 2e-5
-    """Cost model: latency (s) of one inter-node message."""
-    beta_inter: float = 1.0 / 12.5e9
-    """Cost model: seconds per byte between nodes."""
-    calibrate: bool = False
-    """Measure alpha/beta with a short run at start-up instead of using the values above."""
 
 
 @dataclass
@@ -166,6 +153,8 @@ class TrainingConfig:
     no_load_rng: bool = False
     tensorboard_dir: Optional[str] = None
     log_json: Optional[str] = None
+    log_routing_probe: int = 0
+    """Validation tokens whose per-layer expert is logged at each log interval (0: off)."""
     seed: int = 1234
     max_skipped_iters: int = 10
     """Consecutive non-finite iterations after which training stops (with a checkpoint)."""

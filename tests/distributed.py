@@ -27,6 +27,7 @@ def _free_port() -> int:
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue, env: dict) -> None:
     os.environ.update(env)
+    torch.set_num_threads(1)  # OMP_NUM_THREADS below comes too late: torch is preloaded
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",

@@ -14,6 +14,7 @@ from megatron.core.models.backends import BackendSpecProvider, LocalSpecProvider
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.moe.moe_layer import MoESubmodules
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -32,6 +33,7 @@ from megatron_evomoe import compat
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.attention import SDPACoreAttention
 from megatron_evomoe.models.norm import LayerNorm
+from megatron_evomoe.moe.experts import OutputScaledSequentialMLP
 from megatron_evomoe.moe.layer import MoELayer
 from megatron_evomoe.moe.routers import router_class
 
@@ -74,6 +76,9 @@ def moe_mlp_spec(config: ModelConfig, use_te: bool) -> ModuleSpec:
     expert_module, expert_submodules = backend.grouped_mlp_modules(
         bool(config.moe_grouped_gemm and use_te), False
     )
+    if expert_module is SequentialMLP:
+        # Same experts, gate weight applied to their [m, h] outputs: less work and activation memory.
+        expert_module = OutputScaledSequentialMLP
     experts = ModuleSpec(module=expert_module, submodules=expert_submodules)
     shared = None
     if config.moe_router.router_type == "dts" and config.evomoe.expert_diversify:

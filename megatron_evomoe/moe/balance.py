@@ -48,3 +48,41 @@ def switch_balance_loss(probs: torch.Tensor, top1_map: torch.Tensor, coeff: floa
 def evomoe_balance_loss(gate: torch.Tensor, kept_map: torch.Tensor, coeff: float) -> torch.Tensor:
     """EvoMoE eq. 10 for one unsplit batch: ``gate`` ``[T, E]`` = g', ``kept_map`` = (g_i > 0)."""
     return count_weighted_balance_loss(gate.sum(0), kept_map.sum(0), gate.shape[0], coeff)
+
+
+def gshard_balance_loss(probs: torch.Tensor, first_choice_map: torch.Tensor, coeff: float) -> torch.Tensor:
+    """GShard (Lepikhin et al. 2020, Algorithm 1) for one unsplit group of tokens.
+
+    The paper's l_aux = (1/E) sum_e (c_e / S) * m_e, with c_e the tokens whose *first* choice is e
+    (counted before capacity) and m_e the mean gate of e, is scaled here by E^2 so that uniform
+    routing gives 1 (fairseq / megatron convention; the coefficient 0.01 refers to this scale).
+    That is the Switch form with top-1 counts of a top-2 gate.
+    """
+    return count_weighted_balance_loss(probs.sum(0), first_choice_map.sum(0), probs.shape[0], coeff)
+
+
+def stablemoe_balance_loss(
+    assigned_gate_sum: torch.Tensor,
+    counts: torch.Tensor,
+    num_tokens: int | torch.Tensor,
+    coeff: float,
+) -> torch.Tensor:
+    """StableMoE (Dai et al. 2022, eq. 4), divided by the number of tokens.
+
+    alpha * sum_i ((|A_i| - n/N) / (n/N)) * sum_{t in A_i} sigmoid(s_{t,i}) / n: an overloaded
+    expert (|A_i| above the mean n/N) has its assignment scores pushed down, an underloaded one up.
+    The paper sums over tokens; fairseq (where StableMoE was built) divides every loss by the number
+    of tokens before the update, so the per-token mean used here is the same objective on the
+    scale of a mean LM loss.
+
+    Args:
+        assigned_gate_sum: ``[E]`` sum over (this rank's) tokens assigned to expert i of
+            sigmoid(s_{t,i}); the only differentiable input.
+        counts: ``[E]`` |A_i|, tokens assigned to expert i over the whole sequence.
+        num_tokens: n, tokens of the whole sequence.
+        coeff: alpha.
+    """
+    num_experts = counts.numel()
+    mean_load = num_tokens / num_experts
+    relative_excess = (counts.detach().to(assigned_gate_sum.dtype) - mean_load) / mean_load
+    return coeff * torch.sum(relative_excess * assigned_gate_sum) / num_tokens

@@ -6,6 +6,10 @@ submodules=MoESubmodules(experts=..., router=RouterClass))``). Experts are megat
 through megatron's ``MoEAuxLossAutoScaler``, whose scale megatron's pipeline schedule sets for each
 micro-batch (loss scale / number of micro-batches), so it works on every pipeline stage.
 
+With ``--moe-recompute moe_aware`` the router and the experts are recomputed in backward from the
+layer input and the dispatch all-to-all's output (``moe/recompute.py``); the dispatcher's
+all-to-alls run once.
+
 Routing token ids arrive in megatron's ``padding_mask`` argument: megatron-core threads that tensor
 unchanged from ``GPTModel.forward`` to every MLP call, through activation recomputation and on every
 pipeline stage (see ``models/token_ids.py``).
@@ -26,6 +30,7 @@ from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.token_ids import routing_token_ids
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.dispatch.base import build_dispatcher
+from megatron_evomoe.moe.recompute import MoERecompute
 from megatron_evomoe.moe.router import RoutingState
 from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
 from megatron_evomoe.moe.stats import RoutingStats
@@ -82,6 +87,9 @@ class MoELayer(MegatronModule):
             )
         self.dense_phase = False
         self.stats = RoutingStats(config.num_moe_experts, self.router.LOSS_NAMES)
+        # moe_aware: the route and expert segments are recomputed in backward; the dispatcher's
+        # all-to-alls sit between them and never re-run (see moe/recompute.py).
+        self.recompute = MoERecompute(config.moe_recompute)
 
     def set_layer_number(self, layer_number: int) -> None:
         """Called by megatron's TransformerLayer after construction."""
@@ -99,16 +107,26 @@ class MoELayer(MegatronModule):
             return self._forward_shared_expert(hidden_states)
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
         token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
+        probs, routing_map, aux_loss, logged_losses = self.recompute(self._route, tokens, token_ids)
+        expert_input, tokens_per_expert, expert_probs = self.dispatcher.dispatch(tokens, probs, routing_map)
+        expert_output = self.recompute(self._compute_experts, expert_input, tokens_per_expert, expert_probs)
+        output = self.dispatcher.combine(expert_output).to(hidden_states.dtype)
+        if aux_loss is not None:
+            output = MoEAuxLossAutoScaler.apply(output, aux_loss)
+        if self.training:
+            self.stats.record(routing_map, logged_losses)
+        return output.view(hidden_states.shape), None
+
+    def _route(self, tokens: torch.Tensor, token_ids: Optional[torch.Tensor]):
+        """Router then capacity: ``(probs [T, E], routing_map [T, E], aux_loss | None, logged losses)``."""
         decision = self.router(tokens, token_ids)
         probs, routing_map = self._apply_capacity(decision.probs, decision.routing_map)
-        expert_input, tokens_per_expert, expert_probs = self.dispatcher.dispatch(tokens, probs, routing_map)
+        return probs, routing_map, decision.aux_loss, decision.logged_losses
+
+    def _compute_experts(self, expert_input, tokens_per_expert, expert_probs) -> torch.Tensor:
+        """The local experts on their rows (grouped by expert); the gate weight is applied inside."""
         expert_output, _ = self.experts(expert_input, tokens_per_expert, expert_probs)
-        output = self.dispatcher.combine(expert_output).to(hidden_states.dtype)
-        if decision.aux_loss is not None:
-            output = MoEAuxLossAutoScaler.apply(output, decision.aux_loss)
-        if self.training:
-            self.stats.record(routing_map, decision.logged_losses)
-        return output.view(hidden_states.shape), None
+        return expert_output
 
     def _forward_shared_expert(self, hidden_states: torch.Tensor):
         """EvoMoE stage 1: every token through the shared expert; no gate, no balance loss."""
@@ -116,7 +134,7 @@ class MoELayer(MegatronModule):
         if bias is not None:
             output = output + bias
         if self.training:
-            self.stats.record_dense(hidden_states.shape[0] * hidden_states.shape[1])
+            self.stats.record_dense(hidden_states.shape[0] * hidden_states.shape[1], hidden_states.device)
         return output, None
 
     def _apply_capacity(self, probs: torch.Tensor, routing_map: torch.Tensor):

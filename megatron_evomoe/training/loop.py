@@ -33,6 +33,7 @@ from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
 from megatron_evomoe.training.router_data import prepare_routers_from_data
+from megatron_evomoe.training.routing_probe import build_routing_probe
 from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
 
 
@@ -128,6 +129,10 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         run_meta=meta,
         meta_keys=list(architecture_meta(run.model)),
     )
+    if finetune or training.no_load_optim:
+        # The optimizer was built from the initial weights: its fp32 master copies (bf16/fp16) must
+        # take the loaded ones, or the first step would write the initial weights back.
+        optimizer.reload_model_params()
     if finetune:
         return TrainState()
     if training.no_load_optim:
@@ -183,8 +188,7 @@ def reduce_reported_metrics(outputs: List[dict]) -> Dict[str, List[float]]:
     Only the last pipeline stage holds losses and all its TP ranks hold the same ones, so only
     tensor-parallel rank 0 of the last stage contributes before the world all-reduce.
     """
-    names = sorted({name for out in outputs for name in out})
-    names = _agree_on_names(names)
+    names = _agree_on_names(sorted({name for out in outputs for name in out}))
     local = torch.zeros(len(names), 2, dtype=torch.float64)
     contributes = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
     if contributes:
@@ -201,8 +205,11 @@ def reduce_reported_metrics(outputs: List[dict]) -> Dict[str, List[float]]:
 
 
 def _agree_on_names(names: List[str]) -> List[str]:
-    """Metric names from the last stage, known on every rank (other stages report none)."""
-    if dist.get_world_size() == 1:
+    """Metric names from the last stage, known on every rank (other stages report none).
+
+    Only pipeline-parallel runs need the exchange; then it is one small object all-gather per step.
+    """
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return names
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, names)
@@ -368,6 +375,7 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
     train_iter = build_iterator(train_ds, state.consumed_samples, training.micro_batch_size, dp_rank, dp_size,
                                 run.args.num_workers)
     writer = MetricsWriter(training.tensorboard_dir, training.log_json)
+    probe = build_routing_probe(run, valid_ds)  # None unless --log-routing-probe N
     loss_names = router_class(run.model.moe_router.router_type).LOSS_NAMES if run.model.num_moe_experts else ()
     interval = IntervalLog()
     consecutive_skips = 0
@@ -407,6 +415,10 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
                 record = record or {"iteration": state.iteration}
                 record.update(evaluate(session, task, valid_ds))
                 interval.reset(time.time())
+        if probe is not None and record is not None and "lr" in record:
+            probe_start = time.time()
+            record["routing_probe"] = probe.collect(session, task)
+            interval.start += time.time() - probe_start  # not training throughput
         if record is not None:
             writer.write(record)
             writer.print(console_line(record, training.train_iters) if "lr" in record else
@@ -419,7 +431,9 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
         )
         exiting = training.exit_interval and state.iteration % training.exit_interval == 0
         if should_save or (exiting and training.save):
+            save_start = time.time()
             save(session)
+            interval.start += time.time() - save_start  # checkpoint time is not training throughput
         if exiting:
             print_rank0(f"exiting at iteration {state.iteration} (--exit-interval)")
             break

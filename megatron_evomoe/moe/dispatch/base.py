@@ -14,12 +14,14 @@ that visit 0..E experts.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
-from megatron.core.process_groups_config import ProcessGroupCollection
 
-from megatron_evomoe.config import ModelConfig
+if TYPE_CHECKING:  # annotations only: the dispatchers import without megatron-core (see options.py)
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    from megatron_evomoe.config import ModelConfig
 
 
 def pairs_by_expert(routing_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,11 +87,7 @@ def build_dispatcher(
     dispatcher_type: Optional[str] = None,
 ) -> TokenDispatcher:
     """The dispatcher named by ``config.moe_dispatch.dispatcher_type`` (or ``dispatcher_type``)."""
-    from megatron_evomoe.moe.dispatch import DISPATCHERS
+    from megatron_evomoe.moe.dispatch import dispatcher_class
 
     name = dispatcher_type or config.moe_dispatch.dispatcher_type
-    if name not in DISPATCHERS:
-        raise ValueError(
-            f"--moe-token-dispatcher-type {name!r} is not available (choose from {sorted(DISPATCHERS)})"
-        )
-    return DISPATCHERS[name](num_local_experts, local_expert_indices, config, pg_collection)
+    return dispatcher_class(name)(num_local_experts, local_expert_indices, config, pg_collection)

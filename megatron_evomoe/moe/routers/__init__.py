@@ -7,6 +7,11 @@ import importlib
 # name -> "module:Class", imported on demand so a router's extra dependencies stay optional.
 _ROUTERS = {
     "switch": "megatron_evomoe.moe.routers.switch:SwitchRouter",
+    "gshard": "megatron_evomoe.moe.routers.gshard:GShardRouter",
+    "base": "megatron_evomoe.moe.routers.base:BaseRouter",
+    "hash": "megatron_evomoe.moe.routers.hash:HashRouter",
+    "stablemoe": "megatron_evomoe.moe.routers.stablemoe:StableMoERouter",
+    "dselectk": "megatron_evomoe.moe.routers.dselectk:DSelectKRouter",
     "dts": "megatron_evomoe.moe.routers.dts:DTSRouter",
 }
 

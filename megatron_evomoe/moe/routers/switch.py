@@ -1,9 +1,12 @@
 """Switch Transformer top-1 router (Fedus et al. 2021, "Switch Transformers").
 
-p(x) = softmax(x W^T) in fp32; each token goes to argmax_i p_i(x) with weight p_i(x) (not
-renormalised). Balance loss: alpha * N * sum_i f_i * P_i (eq. 4), f_i = fraction of tokens whose
-top-1 is i, P_i = mean router probability of i. Optional multiplicative jitter on the router input
-during training (sec. 2.4). Capacity and token dropping are applied by the MoE layer.
+p(x) = softmax(x W^T), computed in fp32 whatever the model precision ("selective precision",
+sec. 2.4). Each token goes to argmax_i p_i(x) with weight p_i(x), not renormalised (eq. 2).
+Balance loss (eq. 4): alpha * N * sum_i f_i * P_i, with f_i the fraction of tokens whose top-1 is i
+(counted before capacity dropping) and P_i the mean router probability of i; alpha = 0.01. Optional
+multiplicative jitter U(1 - eps, 1 + eps) on the *router input only* during training (sec. 2.4,
+``--moe-input-jitter-eps``; the paper uses 0.01). Capacity (``--moe-expert-capacity-factor``) and
+token dropping are applied by the MoE layer with k = 1; dropped tokens pass through the residual.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from megatron_evomoe.moe.balance import count_weighted_balance_loss
 from megatron_evomoe.moe.router import Router, RoutingDecision
@@ -23,24 +27,32 @@ def top1_routing(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs * routing_map, routing_map
 
 
+def multiplicative_jitter(router_input: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * U(1 - eps, 1 + eps)`` elementwise (Switch sec. 2.4)."""
+    noise = torch.empty_like(router_input).uniform_(1.0 - eps, 1.0 + eps)
+    return router_input * noise
+
+
 class SwitchRouter(Router):
     """Top-1 gate with the Switch balance loss."""
+
+    LOSS_NAMES = ("balance",)
 
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         self.weight = self.new_gate_weight()
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
+        router_input = hidden.float()  # [T, h]; fp32 before the jitter so bf16 does not round it away
         if self.training and self.options.jitter_eps > 0:
-            eps = self.options.jitter_eps
-            hidden = hidden * torch.empty_like(hidden).uniform_(1.0 - eps, 1.0 + eps)
-        probs = torch.softmax(self.gate_logits(hidden, self.weight), dim=-1)
+            router_input = multiplicative_jitter(router_input, self.options.jitter_eps)
+        probs = torch.softmax(F.linear(router_input, self.weight.float()), dim=-1)  # [T, E]
         weights, routing_map = top1_routing(probs)
         decision = RoutingDecision(probs=weights, routing_map=routing_map)
         coeff = self.options.aux_loss_coeff
         if self.training and coeff > 0:
             counts = self.sequence_sum(routing_map.sum(0).float())
-            num_tokens = self.sequence_sum(torch.tensor(float(probs.shape[0])))
+            num_tokens = self.sequence_sum(torch.tensor(float(probs.shape[0]), device=probs.device))
             loss = count_weighted_balance_loss(probs.sum(0), counts, num_tokens, coeff)
             decision.aux_loss = loss
             decision.logged_losses["balance"] = loss.detach()

@@ -8,7 +8,6 @@ parallelism each rank holds a column/row shard of them, like megatron's expert M
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -37,6 +36,9 @@ class Case:
 
 # ------------------------------------------------------------------------------------- groups
 def init_world() -> None:
+    # One intra-op thread per rank: the processes already share the cores (the fixture's
+    # OMP_NUM_THREADS comes after torch is imported, too late for torch's thread pool).
+    torch.set_num_threads(1)
     if not dist.is_initialized():
         dist.init_process_group("gloo")
 
@@ -159,15 +161,19 @@ def run_layer(dispatcher, case: Case, pgs: SimpleNamespace):
     return out.detach(), hidden.grad, probs.grad, [w[0].grad for w in weights], [w[1].grad for w in weights]
 
 
-def compare(got, want, case: Case, dispatcher, pgs, label: str) -> float:
-    """Max abs difference of outputs and every gradient (weights: this rank's shards)."""
+def compare(got, want, case: Case, dispatcher, pgs, label: str, want_is_local: bool = False) -> float:
+    """Max abs difference of outputs and every gradient (weights: this rank's shards).
+
+    ``want`` is the reference (weight gradients of every expert, unsharded) or, with
+    ``want_is_local``, another dispatcher's result (this rank's shards).
+    """
     etp, etp_rank = pgs.expt_tp.size(), pgs.expt_tp.rank()
     shard = slice(etp_rank * FFN // etp, (etp_rank + 1) * FFN // etp)
     out, d_hidden, d_probs, d_w1, d_w2 = got
     pairs = [(out, want[0]), (d_hidden, want[1]), (d_probs, want[2])]
     for i, e in enumerate(dispatcher.local_expert_indices):
-        pairs.append((d_w1[i], want[3][e][shard]))
-        pairs.append((d_w2[i], want[4][e][:, shard]))
+        pairs.append((d_w1[i], want[3][i] if want_is_local else want[3][e][shard]))
+        pairs.append((d_w2[i], want[4][i] if want_is_local else want[4][e][:, shard]))
     tol = 3e-2 if case.dtype == torch.bfloat16 else 1e-5
     worst = 0.0
     for a, b in pairs:
@@ -179,48 +185,103 @@ def compare(got, want, case: Case, dispatcher, pgs, label: str) -> float:
     return worst
 
 
-def check_dispatchers(names, cases, ranks_per_node: int, etp: int = 1, compare_to: str | None = None) -> dict:
-    """Run every case through every dispatcher; compare with the reference (and ``compare_to``)."""
-    init_world()
+def check_dispatchers(names, cases, ranks_per_node: int, etp: int = 1, compare_to: str | None = None) -> float:
+    """Run every case through every dispatcher; compare with the reference (and ``compare_to``).
+
+    Raises AssertionError (with the case) on a mismatch; returns the largest difference seen.
+    """
     pgs = groups(etp)
     world, rank = dist.get_world_size(), dist.get_rank()
-    report = {}
-    dispatchers = {}
+    worst, dispatchers = 0.0, {}
     for case in cases:
         want = reference(case, world, rank)
         results = {}
         for name in names:
-            if (name, case.num_experts) not in dispatchers:
-                dispatchers[(name, case.num_experts)] = make_dispatcher(name, pgs, case.num_experts, ranks_per_node)
-            dispatcher = dispatchers[(name, case.num_experts)]
-            results[name] = run_layer(dispatcher, case, pgs)
-            report[(name, case)] = compare(results[name], want, case, dispatcher, pgs, f"{name} {case}")
+            key = (name, case.num_experts)
+            if key not in dispatchers:
+                dispatchers[key] = make_dispatcher(name, pgs, case.num_experts, ranks_per_node)
+            results[name] = run_layer(dispatchers[key], case, pgs)
+            worst = max(worst, compare(results[name], want, case, dispatchers[key], pgs, f"{name} {case}"))
         if compare_to is not None:
             for name in names:
                 compare(results[name], results[compare_to], case, dispatchers[(name, case.num_experts)], pgs,
-                        f"{name} vs {compare_to} {case}")
-    logs = {name: d.comm_log.snapshot() for (name, _), d in dispatchers.items() if hasattr(d, "comm_log")}
-    dist.barrier()
-    return {"max_diff": max(report.values()), "logs": logs, "rank": rank}
+                        f"{name} vs {compare_to} {case}", want_is_local=True)
+    return worst
 
 
 def message_counts(ranks_per_node: int, num_experts: int) -> dict:
-    """One dispatch+combine per route with every chunk non-empty; this rank's logged messages."""
-    init_world()
+    """One dispatch + combine + backward per route with every chunk non-empty; this rank's log."""
     pgs = groups(1)
-    case = Case(num_experts=num_experts, num_tokens=num_experts * 2, routing="random")
-    rank = dist.get_rank()
-    hidden, probs, _, _ = rank_inputs(case, rank)
-    routing_map = torch.ones(case.num_tokens, num_experts, dtype=torch.bool)  # every chunk non-empty
+    case = Case(num_experts=num_experts, num_tokens=num_experts * 2)
+    hidden, probs, _, _ = rank_inputs(case, dist.get_rank())
+    routing_map = torch.ones(case.num_tokens, num_experts, dtype=torch.bool)
     out = {}
     for name in ("alltoall", "hierarchical", "hierarchical_2d"):
         dispatcher = make_dispatcher(name, pgs, num_experts, ranks_per_node)
-        x, counts, p = dispatcher.dispatch(hidden.requires_grad_(), probs, routing_map)
+        x, _, p = dispatcher.dispatch(hidden.clone().requires_grad_(), probs, routing_map)
         dispatcher.combine(x * p.unsqueeze(-1)).sum().backward()
         out[name] = dispatcher.comm_log.snapshot()
-    dist.barrier()
     return out
 
 
-def env_world() -> int:
-    return int(os.environ["WORLD_SIZE"])
+def auto_choices(ranks_per_node: int) -> dict:
+    """Routes ``auto`` runs under α-β parameters that favour each of them."""
+    pgs = groups(1)
+    case = Case(num_experts=dist.get_world_size(), num_tokens=8, routing="top1")
+    hidden, probs, routing_map, _ = rank_inputs(case, dist.get_rank())
+    regimes = {
+        # latency-bound network: fewest inter-node messages wins
+        "latency": dict(alpha_intra=0.0, beta_intra=0.0, alpha_inter=1.0, beta_inter=0.0),
+        # costly intra-node copies, free network: no detour through the leader
+        "intra_bandwidth": dict(alpha_intra=0.0, beta_intra=1.0, alpha_inter=0.0, beta_inter=0.0),
+    }
+    out = {}
+    for regime, params in regimes.items():
+        dispatcher = make_dispatcher("auto", pgs, case.num_experts, ranks_per_node, **params)
+        with torch.no_grad():
+            x, _, _ = dispatcher.dispatch(hidden, probs, routing_map)
+            dispatcher.combine(x)
+        out[regime] = dict(dispatcher.comm_log.routes)
+    return out
+
+
+A2A = ["alltoall", "hierarchical", "hierarchical_2d", "auto"]
+
+
+def checks_2x2() -> dict:
+    """World 4 as 2 nodes x 2 ranks: everything against the reference and the allgather dispatcher."""
+    from megatron_evomoe import compat  # the allgather reference runs megatron's gather helpers
+
+    compat.apply_cpu_adaptations()
+    init_world()
+    cases = [
+        Case(routing="random", seed=0),
+        Case(routing="top1", seed=1),
+        Case(routing="top2", num_experts=8, seed=2, num_tokens=9),
+        Case(routing="empty_expert", num_experts=8, seed=3),
+        Case(routing="none", seed=4),
+        Case(routing="random", dtype=torch.bfloat16, seed=5),
+        Case(routing="top2", capacity_factor=0.5, seed=6, num_tokens=10),
+    ]
+    return {
+        "max_diff": check_dispatchers(["allgather", *A2A], cases, 2, compare_to="allgather"),
+        "max_diff_etp2": check_dispatchers(
+            ["allgather", *A2A], cases[:2] + cases[5:], 2, etp=2, compare_to="allgather"
+        ),
+        "messages": message_counts(2, 8),
+        "auto": auto_choices(2),
+    }
+
+
+def checks_2x4() -> dict:
+    """World 8 as 2 nodes x 4 ranks (no megatron import: the allgather reference is not used here)."""
+    init_world()
+    cases = [
+        Case(routing="random", num_experts=8, seed=10),
+        Case(routing="empty_expert", num_experts=16, seed=11, num_tokens=5),
+        Case(routing="random", num_experts=8, dtype=torch.bfloat16, seed=12),
+        Case(routing="top1", num_experts=8, capacity_factor=0.5, seed=13, num_tokens=12),
+    ]
+    report = {"max_diff": check_dispatchers(A2A, cases, 4, compare_to="alltoall"), "messages": message_counts(4, 8)}
+    dist.barrier()
+    return report

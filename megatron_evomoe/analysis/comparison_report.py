@@ -1,0 +1,165 @@
+"""Turning finished comparison runs into the table, ``results.json`` and their numbers.
+
+Per run: final validation PPL, total training FLOPs (only the experts tokens visited, forward +
+backward, as logged), training time (steps only) and process wall time, tokens/s, and the FLOPs at
+which its validation curve first reached the target router's final PPL *of the same seed* (paper
+Table VI), also relative to the target router's own FLOPs to reach it. Across seeds: mean ± sample
+std; a run that never reaches the target counts as missing ("not reached", or "k/n seeds").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+from megatron_evomoe.analysis.comparison_math import Stat, flops_to_reach, mean_std, ratio
+from megatron_evomoe.analysis.comparison_runner import RunSpec, RunStatus, read_meta, run_status
+from megatron_evomoe.analysis.run_log import RunSummary, read_records, summarize
+
+
+@dataclass
+class RunResult:
+    """One finished run's numbers (``flops_to_target`` None: target not reached or no target)."""
+
+    variant: str
+    seed: int
+    summary: RunSummary
+    wall_seconds: float
+    target_ppl: Optional[float] = None
+    flops_to_target: Optional[float] = None
+    relative_flops_to_target: Optional[float] = None
+
+
+def collect_results(specs: List[RunSpec], tokens_per_iteration: int, target: str) -> Dict[str, Dict[int, RunResult]]:
+    """``{variant: {seed: RunResult}}`` for the complete runs among ``specs`` (same flags as planned).
+
+    The target PPL of seed k is the final PPL of ``target``'s seed-k run (absent without one).
+    """
+    results: Dict[str, Dict[int, RunResult]] = {}
+    for spec in specs:
+        if run_status(spec) is not RunStatus.COMPLETE:
+            continue  # unfinished, or run with other settings: not comparable
+        summary = summarize(read_records(spec.log_path), tokens_per_iteration)
+        wall = spec.wall_seconds or (read_meta(spec) or {}).get("wall_seconds", [])
+        results.setdefault(spec.variant, {})[spec.seed] = RunResult(spec.variant, spec.seed, summary, float(sum(wall)))
+    reference = results.get(target, {})
+    for runs in results.values():
+        for seed, result in runs.items():
+            if seed not in reference:
+                continue
+            ref = reference[seed].summary
+            result.target_ppl = ref.final_val_ppl
+            result.flops_to_target = flops_to_reach(_curve(result.summary), ref.final_val_ppl)
+            result.relative_flops_to_target = ratio(
+                result.flops_to_target, flops_to_reach(_curve(ref), ref.final_val_ppl)
+            )
+    return results
+
+
+def _curve(summary: RunSummary) -> list:
+    return [(p.flops, p.val_ppl) for p in summary.curve]
+
+
+METRICS = {
+    # key: (RunResult -> value)
+    "final_val_ppl": lambda r: r.summary.final_val_ppl,
+    "total_flops": lambda r: r.summary.total_flops,
+    "flops_to_target": lambda r: r.flops_to_target,
+    "relative_flops_to_target": lambda r: r.relative_flops_to_target,
+    "train_seconds": lambda r: r.summary.train_seconds,
+    "wall_seconds": lambda r: r.wall_seconds,
+    "tokens_per_sec": lambda r: r.summary.tokens_per_sec,
+}
+
+
+def summarize_variants(results: Dict[str, Dict[int, RunResult]], seeds: List[int]) -> Dict[str, Dict[str, Stat]]:
+    """``{variant: {metric: Stat over seeds}}``; a seed without a result counts as missing."""
+    table = {}
+    for variant, runs in results.items():
+        table[variant] = {
+            key: mean_std([get(runs[s]) if s in runs else None for s in seeds]) for key, get in METRICS.items()
+        }
+    return table
+
+
+def flops_unit(values: List[float]) -> tuple[float, str]:
+    """A power of 1000 that puts the largest value between 1 and 1000, and its name."""
+    largest = max([v for v in values if v and math.isfinite(v)], default=1.0)
+    for scale, name in ((1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP")):
+        if largest >= scale:
+            return scale, name
+    return 1.0, "FLOP"
+
+
+def table_rows(summary: Dict[str, Dict[str, Stat]], order: List[str], target: str) -> tuple[list, list]:
+    """(header, rows of strings) of the comparison table."""
+    scale, unit = flops_unit([summary[v]["total_flops"].mean or 0.0 for v in order if v in summary])
+    header = [
+        "router", "val PPL", f"train {unit}", f"{unit} to reach {target} PPL", f"vs {target}",
+        "train time (s)", "wall (s)", "tokens/s",
+    ]
+    rows = []
+    for variant in order:
+        if variant not in summary:
+            continue
+        s = summary[variant]
+        rows.append([
+            variant,
+            s["final_val_ppl"].format(),
+            s["total_flops"].format(scale, 3, missing="-"),
+            s["flops_to_target"].format(scale, 3, missing="not reached" if target in summary else "-"),
+            s["relative_flops_to_target"].format(1.0, 2, missing="-"),
+            s["train_seconds"].format(1.0, 1, missing="-"),
+            s["wall_seconds"].format(1.0, 1, missing="-"),
+            s["tokens_per_sec"].format(1.0, 0, missing="-"),
+        ])
+    return header, rows
+
+
+def markdown_table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def console_table(header: list, rows: list) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def results_document(
+    results: Dict[str, Dict[int, RunResult]],
+    summary: Dict[str, Dict[str, Stat]],
+    settings: dict,
+    skipped: Dict[str, str],
+) -> dict:
+    """What ``results.json`` holds: settings, per-run numbers and curves, per-variant mean/std."""
+    runs = {}
+    for variant, by_seed in results.items():
+        runs[variant] = {}
+        for seed, r in sorted(by_seed.items()):
+            runs[variant][str(seed)] = {
+                **{key: get(r) for key, get in METRICS.items()},
+                "target_ppl": r.target_ppl,
+                "iterations": r.summary.iterations,
+                "curve": [asdict(p) for p in r.summary.curve],
+            }
+    return {
+        "settings": settings,
+        "runs": runs,
+        "summary": {v: {k: asdict(stat) for k, stat in stats.items()} for v, stats in summary.items()},
+        "skipped": skipped,
+    }
+
+
+def write_json(path: str, document: dict) -> None:
+    """Atomic write (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(document, handle, indent=1, allow_nan=True)
+    os.replace(tmp, path)

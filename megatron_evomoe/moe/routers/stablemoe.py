@@ -1,0 +1,122 @@
+"""StableMoE router (Dai et al. 2022, "StableMoE: Stable Routing Strategy for Mixture of Experts").
+
+Stage 1 (phase ``stage1``, the first ``--stablemoe-stage1-iters`` steps) learns a routing strategy:
+
+* s_{t,i} = E_i . h_t with learned expert centroids E (eq. 1); greedy top-1 a_t = argmax_i s_{t,i};
+  the expert output is scaled by sigmoid(s_{t,a_t}) (eq. 3), which is how the centroids learn;
+* balance loss (eq. 4): alpha * sum_i ((|A_i| - n/N) / (n/N)) * sum_{t in A_i} sigmoid(s_{t,i}),
+  per token (``balance.stablemoe_balance_loss``), alpha = 0.3;
+* the routing is distilled, as it is learned, into a lightweight router decoupled from the backbone:
+  a word embedding D of the token id (dimension ``--stablemoe-distill-dim``, 50) and distilled
+  centroids E^, scores s^_{t,i} = E^_i . D(x_t) (eq. 5), trained by the cross-entropy against the
+  stage-1 choice a_t (eq. 6, mean over tokens, weight ``--stablemoe-distill-coeff`` 0.3). Only D and
+  E^ receive the distillation gradient; the target carries none.
+
+Stage 2 (phase ``stage2``) freezes the distilled router: a token's expert is
+argmax_i s^_{t,i}, a function of its id alone. When the phase first becomes ``stage2`` the router
+evaluates the distilled router once for the whole vocabulary into a persistent table (token id ->
+expert), saved with every checkpoint; from then on routing is a lookup, so it can never change --
+whatever the optimizer later does to D and E^, which get no gradient. The output is still scaled
+by sigmoid(s_{t,a_t}) from the backbone centroids (eq. 10), which keep training. No aux loss in
+stage 2 (the task loss only). Evaluation uses the routing of the current stage; fine-tuning and
+inference after training use stage 2 (``PhaseController.final_routing_state``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megatron_evomoe.moe import schedule
+from megatron_evomoe.moe.balance import stablemoe_balance_loss
+from megatron_evomoe.moe.router import Router, RoutingDecision, RoutingState, mark_sequence_parallel
+
+UNSET = -1
+
+
+class DistilledRouter(torch.nn.Module):
+    """The lightweight router: word embedding D ``[vocab, d]`` and distilled centroids E^ ``[E, d]``."""
+
+    def __init__(self, vocab_size: int, dim: int, num_experts: int, init_method):
+        super().__init__()
+        self.embedding = torch.nn.Parameter(torch.empty(vocab_size, dim))
+        self.centroids = torch.nn.Parameter(torch.empty(num_experts, dim))
+        init_method(self.embedding.data)
+        init_method(self.centroids.data)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """``[T]`` ids -> ``[T, E]`` fp32 distilled scores s^."""
+        return F.linear(self.embedding[token_ids].float(), self.centroids.float())
+
+    @torch.no_grad()
+    def vocabulary_choice(self) -> torch.Tensor:
+        """``[vocab]`` argmax_i s^ for every token id."""
+        return F.linear(self.embedding.float(), self.centroids.float()).argmax(dim=-1)
+
+
+class StableMoERouter(Router):
+    """Two-stage StableMoE routing; the phase comes from the controller (``stage1`` / ``stage2``)."""
+
+    LOSS_NAMES = ("balance", "distill")
+
+    def __init__(self, config, pg_collection=None):
+        super().__init__(config, pg_collection)
+        if config.vocab_size <= 0:
+            raise ValueError("stablemoe needs the vocabulary size (ModelConfig.vocab_size)")
+        self.weight = self.new_gate_weight()  # [E, h] backbone centroids
+        self.distilled = DistilledRouter(
+            config.vocab_size, self.options.stablemoe_distill_dim, self.num_experts, config.init_method
+        )
+        mark_sequence_parallel(self.distilled, config.sequence_parallel)
+        self.register_buffer(
+            "frozen_table", torch.full((config.vocab_size,), UNSET, dtype=torch.long), persistent=True
+        )  # [vocab] stage-2 expert of each token id
+        self.routing_state = RoutingState(phase=schedule.STABLEMOE_STAGE1)
+
+    @property
+    def in_stage2(self) -> bool:
+        return self.routing_state.phase == schedule.STABLEMOE_STAGE2
+
+    def set_routing_state(self, state: RoutingState) -> None:
+        super().set_routing_state(state)
+        if self.in_stage2 and not self.is_frozen():
+            self.freeze()
+
+    def is_frozen(self) -> bool:
+        """Whether the stage-2 table exists (built here or restored from a checkpoint)."""
+        return bool((self.frozen_table != UNSET).all())
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Record the distilled router's choice for every token id; routing is fixed from now on."""
+        self.frozen_table.copy_(self.distilled.vocabulary_choice())
+
+    def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
+        if token_ids is None:
+            raise ValueError("stablemoe needs the token ids (pass them to the model as padding_mask)")
+        scores = self.gate_logits(hidden, self.weight)  # [T, E] s_{t,i}
+        if self.in_stage2:
+            expert = self.frozen_table[token_ids]
+        else:
+            expert = scores.detach().argmax(dim=-1)
+        routing_map = F.one_hot(expert, self.num_experts).bool()  # [T, E]
+        gate = torch.sigmoid(scores.gather(1, expert.unsqueeze(1)))  # [T, 1] sigmoid(s_{t,a_t})
+        decision = RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
+        if self.training and not self.in_stage2:
+            self._stage1_losses(decision, gate, expert, token_ids)
+        return decision
+
+    def _stage1_losses(self, decision, gate, expert, token_ids) -> None:
+        """Balance (eq. 4) and distillation (eq. 6); per-rank partial sums under sequence parallelism."""
+        options = self.options
+        counts = self.sequence_sum(decision.routing_map.sum(0).float())
+        num_tokens = self.sequence_sum(torch.tensor(float(expert.numel()), device=gate.device))
+        assigned_gate_sum = (gate * decision.routing_map).sum(0)  # [E] sum_{t in A_i} sigmoid(s_{t,i})
+        balance = stablemoe_balance_loss(assigned_gate_sum, counts, num_tokens, options.aux_loss_coeff)
+        distill_sum = F.cross_entropy(self.distilled(token_ids), expert, reduction="sum")
+        distill = options.stablemoe_distill_coeff * distill_sum / num_tokens
+        decision.aux_loss = balance + distill
+        decision.logged_losses["balance"] = balance.detach()
+        decision.logged_losses["distill"] = distill.detach()

@@ -1,0 +1,69 @@
+"""Per-rank body of the MoE-aware recomputation tests (importable by spawned processes).
+
+One MoE layer of the tiny GPT (expert parallel over the world, an all-to-all dispatcher) runs
+forward + backward three ways: no recomputation, ``--moe-recompute moe_aware``, and megatron's full
+recomputation of the layer (``tensor_parallel.checkpoint``). Reported per way: saved activation
+bytes, exchange calls of each kind made *during backward*, and the gradients.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from megatron.core import tensor_parallel
+
+from megatron_evomoe import initialize
+from megatron_evomoe.models.gpt import build_gpt_model
+from megatron_evomoe.moe.activation_memory import SavedTensorMeter
+from megatron_evomoe.moe.evolution import moe_layers
+from megatron_evomoe.moe.router import RoutingState
+from tests.tiny import tiny_run
+
+MODES = ("none", "moe_aware", "full")
+
+
+def _layer(mode: str, flags: list[str]):
+    recompute = "moe_aware" if mode == "moe_aware" else "none"
+    model = build_gpt_model(tiny_run(*flags, "--moe-recompute", recompute).model)
+    layer = moe_layers([model])[0]
+    layer.set_routing_state(RoutingState())
+    layer.train()
+    return layer
+
+
+def one_layer_step(mode: str, layer, seed: int):
+    """Forward + backward of ``layer`` on seeded input; returns (saved bytes, backward calls, grads)."""
+    rank = int(os.environ.get("RANK", "0"))
+    gen = torch.Generator().manual_seed(seed + rank)
+    hidden = torch.randn(16, 2, layer.config.hidden_size, generator=gen).requires_grad_()
+    upstream = torch.randn(16, 2, layer.config.hidden_size, generator=gen)
+    torch.manual_seed(seed)  # the router's noise, if any
+    with SavedTensorMeter(layer.parameters()) as meter:
+        if mode == "full":
+            output = tensor_parallel.checkpoint(lambda x: layer(x)[0], False, hidden)
+        else:
+            output = layer(hidden)[0]
+    log = layer.dispatcher.comm_log
+    before = dict(log.calls)
+    output.backward(upstream)
+    during_backward = {kind: log.calls[kind] - before.get(kind, 0) for kind in log.calls}
+    grads = [hidden.grad] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+    return meter.saved_bytes, during_backward, grads
+
+
+def recompute_report(flags: list[str]) -> dict:
+    """Each mode on the same layer weights and input; every rank checks the gradients agree.
+
+    (Re)initialises megatron's parallel state for ``flags``; the caller shuts it down.
+    """
+    run = tiny_run(*flags)
+    initialize.initialize(run.layout, run.training.seed)
+    results = {mode: one_layer_step(mode, _layer(mode, flags), seed=3) for mode in MODES}
+    reference = results["none"][2]
+    for mode in MODES[1:]:
+        grads = results[mode][2]
+        assert len(grads) == len(reference)
+        for got, want in zip(grads, reference):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    return {mode: {"saved_bytes": saved, "backward_calls": calls} for mode, (saved, calls, _) in results.items()}
