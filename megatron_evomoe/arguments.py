@@ -92,7 +92,9 @@ def _add_parallel_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--recompute-num-layers", type=int, default=1)
     g.add_argument(
         "--moe-recompute", choices=["none", "moe_aware"], default="none",
-        help="moe_aware: keep the MoE layer input and the all-to-all boundaries, recompute the rest",
+        help="moe_aware with --recompute-granularity full (the paper's): recompute whole layers from "
+        "their input but replay the all-to-alls' recorded results instead of re-running them; alone: "
+        "recompute the MoE layer's router and experts from its input and the dispatch all-to-all's output",
     )
 
 
@@ -299,9 +301,9 @@ def _validate_moe_communication(args: argparse.Namespace, world_size: int) -> No
     if args.moe_recompute == "moe_aware":
         _check(args.num_experts is not None, "--moe-recompute moe_aware needs --num-experts")
         _check(
-            args.recompute_granularity != "full",
-            "--moe-recompute moe_aware and --recompute-granularity full exclude each other: full already "
-            "recomputes every layer, all-to-alls included (selective may be combined with moe_aware)",
+            args.recompute_granularity != "full" or args.moe_token_dispatcher_type != "allgather",
+            "--recompute-granularity full --moe-recompute moe_aware replays the all-to-alls: choose an "
+            "all-to-all --moe-token-dispatcher-type (alltoall, hierarchical, hierarchical_2d, auto)",
         )
 
 

@@ -10,7 +10,11 @@ same model (same weights, same batch) runs forward + backward:
 * ``none`` -- everything autograd needs is kept;
 * ``full`` -- ``--recompute-granularity full --recompute-method uniform --recompute-num-layers 1``:
   each transformer layer keeps its input and is re-run in backward, all-to-alls included;
-* ``moe_aware`` -- ``--moe-recompute moe_aware`` (see ``megatron_evomoe/moe/recompute.py``);
+* ``moe_aware`` -- ``--moe-recompute moe_aware`` alone: the MoE layers' router and experts are
+  recomputed, the all-to-alls run once (see ``megatron_evomoe/moe/recompute.py``);
+* ``full+moe_aware`` -- the paper's MoE-aware recomputation: full recomputation whose all-to-alls are
+  replayed from what they received in the forward pass (``megatron_evomoe/moe/dispatch/replay.py``;
+  the recorded buffers are counted as saved bytes);
 * ``selective`` -- megatron's selective recomputation (core attention), alone and with moe_aware.
 
 Printed per mode: bytes autograd saves in forward (``SavedTensorMeter``: distinct storages,
@@ -33,6 +37,10 @@ MODES = {
     "none": [],
     "full": ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"],
     "moe_aware": ["--moe-recompute", "moe_aware"],
+    "full+moe_aware": [
+        "--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1",
+        "--moe-recompute", "moe_aware",
+    ],
     "selective": ["--recompute-granularity", "selective"],
     "sel+moe_aware": ["--recompute-granularity", "selective", "--moe-recompute", "moe_aware"],
 }
@@ -130,7 +138,12 @@ def _measure(args: argparse.Namespace) -> dict:
             with SavedTensorMeter(model.parameters()) as meter:
                 loss = gpt_forward(model, batch).float().mean()
             if meters is not None:
-                row["moe_saved"] = meters.remove()
+                recorded = sum(
+                    layer.dispatcher.replay.recorded_bytes()
+                    for layer in layers
+                    if getattr(layer.dispatcher, "replay", None) is not None
+                )
+                row["moe_saved"] = meters.remove() + recorded
                 row["saved"] = meter.saved_bytes + row["moe_saved"]  # the outer meter misses the inner ones
             before = [dict(layer.dispatcher.comm_log.calls) for layer in layers]
             loss.backward()
@@ -196,12 +209,12 @@ def main(argv=None) -> int:
         f"demo model (4 layers, hidden 128, 4 experts, seq 128, micro-batch 8), {args.world_size} rank(s), "
         f"EP {args.world_size}, {args.dispatcher}; rank 0's saved activations"
     )
-    print(f"{'mode':>10} {'saved MB':>9} {'in MoE MB':>10} {'vs none':>8} {'step ms':>8} {'a2a re-run in bwd':>18}"
+    print(f"{'mode':>14} {'saved MB':>9} {'in MoE MB':>10} {'vs none':>8} {'step ms':>8} {'a2a re-run in bwd':>18}"
           + (f" {'CUDA peak MB':>13}" if mine['none']['peak'] is not None else ""))
     base = mine["none"]["saved"]
     for mode, row in mine.items():
         line = (
-            f"{mode:>10} {row['saved'] / 2**20:>9.2f} {row['moe_saved'] / 2**20:>10.2f} {row['saved'] / base:>8.2f} "
+            f"{mode:>14} {row['saved'] / 2**20:>9.2f} {row['moe_saved'] / 2**20:>10.2f} {row['saved'] / base:>8.2f} "
             f"{row['ms']:>8.1f} {row['rerun']:>18}"
         )
         if row["peak"] is not None:

@@ -30,6 +30,7 @@ from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.token_ids import routing_token_ids
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.dispatch.base import build_dispatcher
+from megatron_evomoe.moe.dispatch.replay import REPLAY, recompute_phase
 from megatron_evomoe.moe.recompute import MoERecompute
 from megatron_evomoe.moe.router import RoutingState
 from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
@@ -87,9 +88,12 @@ class MoELayer(MegatronModule):
             )
         self.dense_phase = False
         self.stats = RoutingStats(config.num_moe_experts, self.router.LOSS_NAMES)
-        # moe_aware: the route and expert segments are recomputed in backward; the dispatcher's
-        # all-to-alls sit between them and never re-run (see moe/recompute.py).
-        self.recompute = MoERecompute(config.moe_recompute)
+        # moe_aware alone: the route and expert segments are recomputed in backward; the
+        # dispatcher's all-to-alls sit between them and never re-run (moe/recompute.py). Under
+        # megatron's full recomputation the whole layer is recomputed anyway and moe_aware means
+        # replaying the all-to-alls instead (moe/dispatch/replay.py).
+        full = config.recompute_granularity == "full"
+        self.recompute = MoERecompute("none" if full else config.moe_recompute)
 
     def set_layer_number(self, layer_number: int) -> None:
         """Called by megatron's TransformerLayer after construction."""
@@ -113,7 +117,7 @@ class MoELayer(MegatronModule):
         output = self.dispatcher.combine(expert_output).to(hidden_states.dtype)
         if aux_loss is not None:
             output = MoEAuxLossAutoScaler.apply(output, aux_loss)
-        if self.training:
+        if self.training and recompute_phase() != REPLAY:  # megatron's recomputation: counted once
             self.stats.record(routing_map, logged_losses)
         return output.view(hidden_states.shape), None
 
@@ -133,7 +137,7 @@ class MoELayer(MegatronModule):
         output, bias = self.shared_expert(hidden_states)
         if bias is not None:
             output = output + bias
-        if self.training:
+        if self.training and recompute_phase() != REPLAY:
             self.stats.record_dense(hidden_states.shape[0] * hidden_states.shape[1], hidden_states.device)
         return output, None
 

@@ -20,12 +20,17 @@ from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.router import RoutingState
 from tests.tiny import tiny_run
 
-MODES = ("none", "moe_aware", "full")
+MODES = ("none", "moe_aware", "full", "full_moe_aware")
+_FLAGS = {
+    "none": [],
+    "moe_aware": ["--moe-recompute", "moe_aware"],
+    "full": ["--recompute-granularity", "full"],
+    "full_moe_aware": ["--recompute-granularity", "full", "--moe-recompute", "moe_aware"],
+}
 
 
 def _layer(mode: str, flags: list[str]):
-    recompute = "moe_aware" if mode == "moe_aware" else "none"
-    model = build_gpt_model(tiny_run(*flags, "--moe-recompute", recompute).model)
+    model = build_gpt_model(tiny_run(*flags, *_FLAGS[mode]).model)
     layer = moe_layers([model])[0]
     layer.set_routing_state(RoutingState())
     layer.train()
@@ -40,16 +45,20 @@ def one_layer_step(mode: str, layer, seed: int):
     upstream = torch.randn(16, 2, layer.config.hidden_size, generator=gen)
     torch.manual_seed(seed)  # the router's noise, if any
     with SavedTensorMeter(layer.parameters()) as meter:
-        if mode == "full":
+        if mode.startswith("full"):  # what megatron's TransformerBlock does for the whole layer
             output = tensor_parallel.checkpoint(lambda x: layer(x)[0], False, hidden)
         else:
             output = layer(hidden)[0]
     log = layer.dispatcher.comm_log
     before = dict(log.calls)
+    # Replayed all-to-all results are activation memory too (held outside autograd until backward).
+    replay = getattr(layer.dispatcher, "replay", None)
+    recorded = replay.recorded_bytes() if replay is not None else 0
     output.backward(upstream)
     during_backward = {kind: log.calls[kind] - before.get(kind, 0) for kind in log.calls}
     grads = [hidden.grad] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
-    return meter.saved_bytes, during_backward, grads
+    assert replay is None or len(replay) == 0  # every recording was consumed
+    return meter.saved_bytes + recorded, during_backward, grads
 
 
 def recompute_report(flags: list[str]) -> dict:

@@ -66,7 +66,10 @@ def test_moe_aware_flags_are_validated():
 
     assert tiny_run("--moe-recompute", "moe_aware").model.moe_recompute == "moe_aware"
     tiny_run("--moe-recompute", "moe_aware", "--recompute-granularity", "selective")
-    with pytest.raises(ValueError, match="exclude each other"):
+    full = tiny_run("--moe-recompute", "moe_aware", "--recompute-granularity", "full",
+                    "--moe-token-dispatcher-type", "alltoall")
+    assert full.model.recompute_granularity == "full"
+    with pytest.raises(ValueError, match="replays the all-to-alls: choose an all-to-all"):
         tiny_run("--moe-recompute", "moe_aware", "--recompute-granularity", "full")
     with pytest.raises(ValueError, match="does not divide the world size"):
         tiny_run("--moe-ranks-per-node", "3", world_size=4)

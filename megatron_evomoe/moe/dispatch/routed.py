@@ -32,6 +32,7 @@ from megatron_evomoe.moe.dispatch.functions import exchange_rows, gather_rows, r
 from megatron_evomoe.moe.dispatch.program import ChunkPermutation, CompiledRoute, Permute, Step, permute_for
 from megatron_evomoe.moe.dispatch.routes import ROUTE_BUILDERS
 from megatron_evomoe.moe.dispatch.topology import group_topology
+from megatron_evomoe.moe.dispatch.replay import ExchangeReplay
 from megatron_evomoe.moe.dispatch.transport import CommLog, Transport
 
 
@@ -56,11 +57,17 @@ class RoutedDispatcher(TokenDispatcher):
         options = config.moe_dispatch
         self.topology = group_topology(self.ep_group, options.ranks_per_node)
         self.comm_log = CommLog()
-        self.ep = Transport(self.ep_group, self.topology, self.comm_log)
+        # Under megatron's full recomputation, moe_aware replays the forward exchanges (replay.py).
+        replays = (
+            getattr(config, "moe_recompute", "none") == "moe_aware"
+            and getattr(config, "recompute_granularity", None) == "full"
+        )
+        self.replay = ExchangeReplay() if replays else None
+        self.ep = Transport(self.ep_group, self.topology, self.comm_log, self.replay)
         self.tp: Optional[Transport] = None
         if self.expt_tp_group.size() > 1:
             tp_topology = group_topology(self.expt_tp_group, options.ranks_per_node)
-            self.tp = Transport(self.expt_tp_group, tp_topology, self.comm_log)
+            self.tp = Transport(self.expt_tp_group, tp_topology, self.comm_log, self.replay)
             self._tp_order = _expert_tp_order(self.expt_tp_group.size(), self.topology.size, num_local_experts)
         self.routes = {
             name: CompiledRoute(ROUTE_BUILDERS[name](self.topology, self.num_experts))
@@ -89,6 +96,8 @@ class RoutedDispatcher(TokenDispatcher):
 
     # --------------------------------------------------------------------------- interface
     def dispatch(self, hidden, probs, routing_map):
+        if self.replay is not None:
+            self.replay.start()
         token_index, expert_index, row = pairs_by_expert(routing_map)
         rows = hidden.index_select(0, token_index)  # [M, h], sorted by expert
         row_probs = probs[token_index, expert_index]  # [M]

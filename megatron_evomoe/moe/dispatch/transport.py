@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from megatron_evomoe.moe.dispatch.replay import ExchangeReplay
 from megatron_evomoe.moe.dispatch.topology import NodeTopology
 
 INTRA, INTER = "intra", "inter"
@@ -77,12 +78,14 @@ class Transport:
         log: where messages are counted.
     """
 
-    def __init__(self, group, topology: NodeTopology, log: CommLog):
+    def __init__(self, group, topology: NodeTopology, log: CommLog, replay: Optional[ExchangeReplay] = None):
         self.group = group
         self.topology = topology
         self.rank = topology.rank
         self.size = topology.size
         self.log = log
+        self.replay = replay
+        """With megatron's full recomputation + moe_aware: forward exchanges replayed (replay.py)."""
 
     def level(self, peer: int) -> str:
         return INTRA if self.topology.same_node(self.rank, peer) else INTER
@@ -100,6 +103,11 @@ class Transport:
         Received tensors take the dtype and device of ``like``; a block sent to this rank itself is
         passed through without a message. Returns received tensors in ``recvs`` order.
         """
+        if self.replay is not None:
+            return self.replay.run(kind, lambda: self._exchange(sends, recvs, like, kind, tag))
+        return self._exchange(sends, recvs, like, kind, tag)
+
+    def _exchange(self, sends, recvs, like, kind, tag) -> list[torch.Tensor]:
         self.log.record_call(kind)
         dtype, device = like.dtype, like.device
         ops, received, to_self = [], [], None
@@ -129,6 +137,11 @@ class Transport:
         self, buffer: torch.Tensor, send_rows: Sequence[int], recv_rows: Sequence[int], kind: str
     ) -> torch.Tensor:
         """``dist.all_to_all_single`` of ``buffer`` ``[sum(send_rows), ...]`` with uneven splits."""
+        if self.replay is not None:
+            return self.replay.run(kind, lambda: self._all_to_all(buffer, send_rows, recv_rows, kind))
+        return self._all_to_all(buffer, send_rows, recv_rows, kind)
+
+    def _all_to_all(self, buffer, send_rows, recv_rows, kind) -> torch.Tensor:
         self.log.record_call(kind)
         row_bytes = _row_bytes(buffer)
         for peer, rows in enumerate(send_rows):
