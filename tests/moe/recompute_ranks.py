@@ -38,27 +38,33 @@ def _layer(mode: str, flags: list[str]):
 
 
 def one_layer_step(mode: str, layer, seed: int):
-    """Forward + backward of ``layer`` on seeded input; returns (saved bytes, backward calls, grads)."""
+    """Two micro-batches through ``layer`` as a pipeline schedule runs them (forward, forward,
+    backward, backward; recordings must be replayed first-in first-out); returns (saved bytes of the
+    first micro-batch, exchange calls during the backward passes, grads)."""
     rank = int(os.environ.get("RANK", "0"))
     gen = torch.Generator().manual_seed(seed + rank)
-    hidden = torch.randn(16, 2, layer.config.hidden_size, generator=gen).requires_grad_()
-    upstream = torch.randn(16, 2, layer.config.hidden_size, generator=gen)
-    torch.manual_seed(seed)  # the router's noise, if any
-    with SavedTensorMeter(layer.parameters()) as meter:
-        if mode.startswith("full"):  # what megatron's TransformerBlock does for the whole layer
-            output = tensor_parallel.checkpoint(lambda x: layer(x)[0], False, hidden)
-        else:
-            output = layer(hidden)[0]
+    hiddens = [torch.randn(16, 2, layer.config.hidden_size, generator=gen).requires_grad_() for _ in range(2)]
+    upstreams = [torch.randn(16, 2, layer.config.hidden_size, generator=gen) for _ in range(2)]
+    replay = getattr(layer.dispatcher, "replay", None)
+    outputs, saved = [], None
+    for micro_batch, hidden in enumerate(hiddens):
+        torch.manual_seed(seed + micro_batch)  # the router's noise, if any
+        with SavedTensorMeter(layer.parameters()) as meter:
+            if mode.startswith("full"):  # what megatron's TransformerBlock does for the whole layer
+                outputs.append(tensor_parallel.checkpoint(lambda x: layer(x)[0], False, hidden))
+            else:
+                outputs.append(layer(hidden)[0])
+        if saved is None:
+            # Replayed all-to-all results are activation memory too (held outside autograd).
+            saved = meter.saved_bytes + (replay.recorded_bytes() if replay is not None else 0)
     log = layer.dispatcher.comm_log
     before = dict(log.calls)
-    # Replayed all-to-all results are activation memory too (held outside autograd until backward).
-    replay = getattr(layer.dispatcher, "replay", None)
-    recorded = replay.recorded_bytes() if replay is not None else 0
-    output.backward(upstream)
-    during_backward = {kind: log.calls[kind] - before.get(kind, 0) for kind in log.calls}
-    grads = [hidden.grad] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+    for output, upstream in zip(outputs, upstreams):
+        output.backward(upstream)
+    during_backward = {kind: (log.calls[kind] - before.get(kind, 0)) // 2 for kind in log.calls}
+    grads = [h.grad for h in hiddens] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
     assert replay is None or len(replay) == 0  # every recording was consumed
-    return meter.saved_bytes + recorded, during_backward, grads
+    return saved, during_backward, grads
 
 
 def recompute_report(flags: list[str]) -> dict:

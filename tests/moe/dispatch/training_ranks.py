@@ -39,6 +39,7 @@ RUNS = [
     ("ep4", "hierarchical", []),
     ("ep4", "hierarchical_2d", []),
     ("ep4", "auto", ["--moe-recompute", "moe_aware"]),
+    ("ep4", "hierarchical", ["--recompute-granularity", "full", "--moe-recompute", "moe_aware"]),
     ("tp_ep", "hierarchical", []),
     ("pp_ep", "hierarchical_2d", ["--moe-recompute", "moe_aware"]),
 ]
