@@ -102,7 +102,3 @@ class PhaseController:
         """Push an explicit routing state to every MoE layer (fine-tuning uses the final one)."""
         for layer in moe_layers(model_chunks):
             layer.set_routing_state(state)
-
-    def routers_active(self, iteration: int) -> bool:
-        """False while EvoMoE trains the shared expert (no gate computed)."""
-        return self.routing_state(iteration).phase != schedule.EXPERT_DIVERSIFY

@@ -86,6 +86,14 @@ class Router(MegatronModule, ABC):
         """Receive phase/temperature from the controller (once per optimizer step)."""
         self.routing_state = state
 
+    @classmethod
+    def gate_flops(cls, config: ModelConfig, state: RoutingState) -> float:
+        """Forward FLOPs per token of this router's gate in ``state`` (for the FLOPs accounting).
+
+        Default: one ``[h] x [h, E]`` product, 2*h*E.
+        """
+        return 2.0 * config.hidden_size * config.num_moe_experts
+
     NEEDS_TOKEN_COUNTS: bool = False
     """True for routers that are built from training-data token frequencies (balanced hash)."""
 

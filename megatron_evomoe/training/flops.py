@@ -6,7 +6,7 @@ here, so numbers compare across recompute settings: they are model FLOPs.)
 
 Per layer and token: QKV and output projections 2*h*(h + 2*kv) + 2*h*h, attention scores and the
 weighted sum 2 * 2*s*h (full s x s, as Megatron-LM counts), a dense FFN 2 * 2*h*f. An MoE layer
-charges its router 2*h*E per token plus 2 * 2*h*f_moe per (token, expert) pair actually computed: in
+charges its router's gate FLOPs per token (``Router.gate_flops``: 2*h*E for a linear gate) plus 2 * 2*h*f_moe per (token, expert) pair actually computed: in
 EvoMoE's stage 1 one shared FFN per token and no router; in the DTS phase the experts above the
 threshold. The LM head adds 2*h*V per token.
 """
@@ -32,22 +32,19 @@ def forward_flops_dense_part(config: ModelConfig, seq_length: int, num_tokens: f
 
 
 def forward_flops_moe(
-    config: ModelConfig, num_tokens: float, assignments_per_layer: Sequence[float], routed: Sequence[bool]
+    config: ModelConfig, num_tokens: float, assignments_per_layer: Sequence[float], gate_flops_per_token: float
 ) -> float:
     """Forward FLOPs of the MoE layers given (token, expert) pairs computed in each layer.
 
     Args:
         num_tokens: tokens that went through each layer.
         assignments_per_layer: computed (token, expert) pairs of each MoE layer.
-        routed: per MoE layer, whether a router ran (False in EvoMoE's shared-expert stage).
+        gate_flops_per_token: the router's gate FLOPs per token in this step (``Router.gate_flops``:
+            2*h*E for a linear gate, 0 for hash routing and for EvoMoE's shared-expert stage).
     """
     h = config.hidden_size
     expert_ffn = 2 * 2 * h * (config.moe_ffn_hidden_size or config.ffn_hidden_size)
-    router = 2 * h * (config.num_moe_experts or 0)
-    total = 0.0
-    for pairs, has_router in zip(assignments_per_layer, routed):
-        total += pairs * expert_ffn + (num_tokens * router if has_router else 0.0)
-    return total
+    return sum(pairs * expert_ffn + num_tokens * gate_flops_per_token for pairs in assignments_per_layer)
 
 
 def training_step_flops(
@@ -55,9 +52,9 @@ def training_step_flops(
     seq_length: int,
     num_tokens: float,
     assignments_per_layer: Sequence[float],
-    routed: Sequence[bool],
+    gate_flops_per_token: float,
 ) -> float:
     """Forward + backward FLOPs of one optimizer step over ``num_tokens`` tokens (all ranks)."""
     forward = forward_flops_dense_part(config, seq_length, num_tokens)
-    forward += forward_flops_moe(config, num_tokens, assignments_per_layer, routed)
+    forward += forward_flops_moe(config, num_tokens, assignments_per_layer, gate_flops_per_token)
     return 3.0 * forward

@@ -347,13 +347,13 @@ def console_line(record: Dict[str, object], train_iters: int) -> str:
 
 
 # -------------------------------------------------------------------------------------- pretrain
-def step_flops(run: RunConfig, routing: StepRouting, routers_active: bool) -> float:
+def step_flops(run: RunConfig, routing: StepRouting, routing_state) -> float:
     """FLOPs of one optimizer step from the tokens each MoE layer actually computed."""
     tokens = run.training.global_batch_size * run.training.seq_length
-    return training_step_flops(
-        run.model, run.training.seq_length, tokens, routing.num_assignments,
-        [routers_active] * len(routing.num_assignments),
-    )
+    gate = 0.0
+    if run.model.num_moe_experts:
+        gate = router_class(run.model.moe_router.router_type).gate_flops(run.model, routing_state)
+    return training_step_flops(run.model, run.training.seq_length, tokens, routing.num_assignments, gate)
 
 
 def pretrain(run: RunConfig, task: Task) -> TrainingSession:
@@ -393,7 +393,7 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
         state.iteration += 1
         state.consumed_samples += training.global_batch_size
         state.consumed_tokens += training.global_batch_size * training.seq_length
-        state.floating_point_operations += step_flops(run, routing, session.controller.routers_active(iteration))
+        state.floating_point_operations += step_flops(run, routing, session.controller.routing_state(iteration))
         consecutive_skips = 0 if applied else consecutive_skips + 1
         state.skipped_iters += 0 if applied else 1
         interval.add(means, routing, training.global_batch_size * training.seq_length, applied)

@@ -94,6 +94,11 @@ class DSelectKRouter(Router):
 
     LOSS_NAMES = ("entropy", "unreachable")
 
+    @classmethod
+    def gate_flops(cls, config, state) -> float:
+        """k selectors of m = ceil(log2 E) bit logits plus k selector logits: 2*h*k*(m+1)."""
+        return 2.0 * config.hidden_size * config.moe_router_topk * (num_binary_digits(config.num_moe_experts) + 1)
+
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         self.k = config.moe_router_topk

@@ -48,6 +48,13 @@ class DTSRouter(Router):
         self.weight = self.new_gate_weight()
         self.evomoe = config.evomoe
 
+    @classmethod
+    def gate_flops(cls, config, state) -> float:
+        """No gate while the shared expert trains (stage 1); 2*h*E afterwards."""
+        if state.phase == schedule.EXPERT_DIVERSIFY:
+            return 0.0
+        return super().gate_flops(config, state)
+
     @torch.no_grad()
     def reset_gate(self, seed: int) -> None:
         """Draw W_g afresh (at T_S), from (seed, layer): the same on every rank and layout."""

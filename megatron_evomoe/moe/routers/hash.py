@@ -73,6 +73,11 @@ class HashRouter(Router):
 
     LOSS_NAMES = ()
 
+    @classmethod
+    def gate_flops(cls, config, state) -> float:
+        """A table lookup: no floating-point work."""
+        return 0.0
+
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         if config.vocab_size <= 0:

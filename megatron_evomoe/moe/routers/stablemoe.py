@@ -61,6 +61,15 @@ class StableMoERouter(Router):
 
     LOSS_NAMES = ("balance", "distill")
 
+    @classmethod
+    def gate_flops(cls, config, state) -> float:
+        """Token-centroid scores 2*h*E (both stages: they scale the output), plus the distilled
+        router's 2*d*E in stage 1 (its embedding lookup is free; stage 2 is a table lookup)."""
+        scores = 2.0 * config.hidden_size * config.num_moe_experts
+        if state.phase == schedule.STABLEMOE_STAGE2:
+            return scores
+        return scores + 2.0 * config.moe_router.stablemoe_distill_dim * config.num_moe_experts
+
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         if config.vocab_size <= 0:
