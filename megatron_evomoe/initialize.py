@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -55,27 +54,22 @@ class ParallelLayout:
             )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def initialize_distributed(timeout_minutes: int = 30) -> None:
     """Start torch.distributed if it is not running yet.
 
-    Without a launcher this is a world of one process on a free local port. On CUDA each rank
+    Without a launcher this is a world of one process (an in-process store). On CUDA each rank
     takes the GPU ``LOCAL_RANK`` and NCCL; on CPU gloo.
     """
     if dist.is_initialized():
         return
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    store = None
     if "MASTER_ADDR" not in os.environ:
         if world_size != 1:
             raise ValueError("WORLD_SIZE > 1 needs MASTER_ADDR/MASTER_PORT (launch with torchrun)")
-        os.environ["MASTER_ADDR"] = "127.0.0.1"
-        os.environ["MASTER_PORT"] = str(_free_port())
+        # A world of one needs no rendezvous: an in-process store avoids racing for a TCP port.
+        store = dist.HashStore()
     if compat.device_is_cuda():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
@@ -87,6 +81,7 @@ def initialize_distributed(timeout_minutes: int = 30) -> None:
         rank=rank,
         world_size=world_size,
         timeout=timedelta(minutes=timeout_minutes),
+        store=store,
     )
 
 
