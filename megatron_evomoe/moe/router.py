@@ -22,6 +22,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 
 from megatron_evomoe.config import ModelConfig
+from megatron_evomoe.moe.balance import count_weighted_balance_loss
 
 
 @dataclass
@@ -123,6 +124,26 @@ class Router(MegatronModule, ABC):
             tensor = tensor.clone()
             dist.all_reduce(tensor, group=self.tp_group)
         return tensor
+
+    def sequence_token_count(self, num_local_tokens: int, device) -> torch.Tensor:
+        """Tokens of the whole sequence batch: this rank's count summed over the sequence shards."""
+        return self.sequence_sum(torch.tensor(float(num_local_tokens), device=device))
+
+    def add_balance_loss(self, decision: RoutingDecision, probs: torch.Tensor, counted_map: torch.Tensor) -> None:
+        """Attach alpha * N * sum_i (count_i / T) * (sum_x p_i(x) / T) to ``decision`` (training only).
+
+        The Switch / GShard / EvoMoE eq. 10 form (``moe/balance.py``): ``probs`` ``[T, E]`` are the
+        gate probabilities the loss pushes, ``counted_map`` ``[T, E]`` the (token, expert) pairs it
+        counts. Logged as ``balance``.
+        """
+        coeff = self.options.aux_loss_coeff
+        if not self.training or coeff <= 0:
+            return
+        counts = self.sequence_sum(counted_map.sum(0).float())
+        num_tokens = self.sequence_token_count(probs.shape[0], probs.device)
+        loss = count_weighted_balance_loss(probs.sum(0), counts, num_tokens, coeff)
+        decision.aux_loss = loss if decision.aux_loss is None else decision.aux_loss + loss
+        decision.logged_losses["balance"] = loss.detach()
 
     def gate_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """fp32 router logits ``[T, E]`` = hidden @ weight^T (routing decisions are precision sensitive)."""

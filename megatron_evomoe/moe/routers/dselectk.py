@@ -131,7 +131,7 @@ class DSelectKRouter(Router):
         routing_map = weights > 0
         decision = RoutingDecision(probs=weights, routing_map=routing_map)
         if self.training:
-            num_tokens = self.sequence_sum(torch.tensor(float(x.shape[0]), device=x.device))
+            num_tokens = self.sequence_token_count(x.shape[0], x.device)
             losses = {}
             coeff = self.options.dselectk_entropy_coeff
             if coeff > 0:

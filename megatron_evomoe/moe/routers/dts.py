@@ -20,7 +20,6 @@ from typing import Optional
 import torch
 
 from megatron_evomoe.moe import schedule
-from megatron_evomoe.moe.balance import count_weighted_balance_loss
 from megatron_evomoe.moe.router import Router, RoutingDecision
 from megatron_evomoe.moe.routers.switch import top1_routing
 
@@ -74,11 +73,5 @@ class DTSRouter(Router):
         else:
             gate, probs, routing_map = dts_gate(logits, state.temperature, self.evomoe.dts_threshold, noise)
         decision = RoutingDecision(probs=probs, routing_map=routing_map)
-        coeff = self.options.aux_loss_coeff
-        if self.training and coeff > 0:
-            counts = self.sequence_sum(routing_map.sum(0).float())
-            num_tokens = self.sequence_sum(torch.tensor(float(gate.shape[0]), device=gate.device))
-            loss = count_weighted_balance_loss(gate.sum(0), counts, num_tokens, coeff)
-            decision.aux_loss = loss
-            decision.logged_losses["balance"] = loss.detach()
+        self.add_balance_loss(decision, gate, routing_map)  # eq. 10: count_i = tokens with g_i > 0
         return decision

@@ -22,7 +22,6 @@ from typing import Optional
 
 import torch
 
-from megatron_evomoe.moe.balance import count_weighted_balance_loss
 from megatron_evomoe.moe.router import Router, RoutingDecision
 
 
@@ -67,11 +66,5 @@ class GShardRouter(Router):
             draw = torch.rand(probs.shape[0], device=probs.device, dtype=probs.dtype)
         weights, routing_map, first_map = top2_gating(probs, draw)
         decision = RoutingDecision(probs=weights, routing_map=routing_map)
-        coeff = self.options.aux_loss_coeff
-        if self.training and coeff > 0:
-            counts = self.sequence_sum(first_map.sum(0).float())
-            num_tokens = self.sequence_sum(torch.tensor(float(probs.shape[0]), device=probs.device))
-            loss = count_weighted_balance_loss(probs.sum(0), counts, num_tokens, coeff)
-            decision.aux_loss = loss
-            decision.logged_losses["balance"] = loss.detach()
+        self.add_balance_loss(decision, probs, first_map)  # c_e: first choices only
         return decision

@@ -121,7 +121,7 @@ class StableMoERouter(Router):
         """Balance (eq. 4) and distillation (eq. 6); per-rank partial sums under sequence parallelism."""
         options = self.options
         counts = self.sequence_sum(decision.routing_map.sum(0).float())
-        num_tokens = self.sequence_sum(torch.tensor(float(expert.numel()), device=gate.device))
+        num_tokens = self.sequence_token_count(expert.numel(), gate.device)
         assigned_gate_sum = (gate * decision.routing_map).sum(0)  # [E] sum_{t in A_i} sigmoid(s_{t,i})
         balance = stablemoe_balance_loss(assigned_gate_sum, counts, num_tokens, options.aux_loss_coeff)
         distill_sum = F.cross_entropy(self.distilled(token_ids), expert, reduction="sum")

@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from megatron_evomoe.moe.balance import count_weighted_balance_loss
 from megatron_evomoe.moe.router import Router, RoutingDecision
 
 
@@ -49,11 +48,5 @@ class SwitchRouter(Router):
         probs = torch.softmax(F.linear(router_input, self.weight.float()), dim=-1)  # [T, E]
         weights, routing_map = top1_routing(probs)
         decision = RoutingDecision(probs=weights, routing_map=routing_map)
-        coeff = self.options.aux_loss_coeff
-        if self.training and coeff > 0:
-            counts = self.sequence_sum(routing_map.sum(0).float())
-            num_tokens = self.sequence_sum(torch.tensor(float(probs.shape[0]), device=probs.device))
-            loss = count_weighted_balance_loss(probs.sum(0), counts, num_tokens, coeff)
-            decision.aux_loss = loss
-            decision.logged_losses["balance"] = loss.detach()
+        self.add_balance_loss(decision, probs, routing_map)  # f_i: top-1 choices
         return decision
