@@ -45,11 +45,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_evomoe.data.errors import DataInputError
-from megatron_evomoe.data.gpt_dataset import (
-    GPTDataConfig,
-    check_token_ids,
-    data_config_from_args,
-)
+from megatron_evomoe.data.gpt_dataset import GPTDataConfig, data_config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -154,19 +150,9 @@ def build_bert_datasets(
     sizes = [None if n is None else int(n) for n in train_valid_test_num_samples]
     if len(sizes) != len(Split):
         raise ValueError(f"train_valid_test_num_samples needs 3 entries, got {sizes}")
-    for prefix, flag in sources.prefixes():
-        if sources.vocab_check_max_tokens != 0:
-            check_token_ids(prefix, tokenizer.vocab_size, sources.vocab_check_max_tokens, flag)
+    sources.check_files(tokenizer)
     bert_config = BERTMaskedWordPieceDatasetConfig(
-        random_seed=sources.seed,
-        sequence_length=sources.seq_length,
-        blend=sources.blend(),
-        blend_per_split=sources.blend_per_split(),
-        split=sources.split if sources.data_path is not None else None,
-        path_to_cache=sources.data_cache_path,
-        mmap_bin_files=sources.mmap_bin_files,
-        tokenizer=tokenizer,
-        num_dataset_builder_threads=sources.num_dataset_builder_threads,
+        **sources.megatron_config_kwargs(tokenizer),
         masking_probability=config.mask_prob,
         short_sequence_probability=config.short_seq_prob,
         masking_max_ngram=1,

@@ -150,6 +150,27 @@ class GPTDataConfig:
             for name in ("train_data_path", "valid_data_path", "test_data_path")
         ]
 
+    def check_files(self, tokenizer) -> None:
+        """Every prefix has its .bin/.idx and no token id beyond ``tokenizer``'s vocabulary."""
+        for prefix, flag in self.prefixes():
+            _check_prefix_files(prefix, flag)
+            if self.vocab_check_max_tokens != 0:
+                check_token_ids(prefix, tokenizer.vocab_size, self.vocab_check_max_tokens, flag)
+
+    def megatron_config_kwargs(self, tokenizer) -> dict:
+        """The fields every megatron.core BlendedMegatronDatasetConfig (GPT, BERT) takes from here."""
+        return dict(
+            random_seed=self.seed,
+            sequence_length=self.seq_length,
+            blend=self.blend(),
+            blend_per_split=self.blend_per_split(),
+            split=self.split if self.data_path is not None else None,
+            path_to_cache=self.data_cache_path,
+            mmap_bin_files=self.mmap_bin_files,
+            tokenizer=tokenizer,
+            num_dataset_builder_threads=self.num_dataset_builder_threads,
+        )
+
     def prefixes(self) -> list[tuple[str, str]]:
         """Every (prefix, flag it came from), for checks and messages."""
         found = []
@@ -204,24 +225,13 @@ def build_gpt_datasets(
         ValueError: malformed sample counts.
     """
     sizes = _validate_num_samples(train_valid_test_num_samples, config)
-    for prefix, flag in config.prefixes():
-        _check_prefix_files(prefix, flag)
-        if config.vocab_check_max_tokens != 0:
-            check_token_ids(prefix, tokenizer.vocab_size, config.vocab_check_max_tokens, flag)
+    config.check_files(tokenizer)
     gpt_config = GPTDatasetConfig(
-        random_seed=config.seed,
-        sequence_length=config.seq_length,
-        blend=config.blend(),
-        blend_per_split=config.blend_per_split(),
-        split=config.split if config.data_path is not None else None,
-        path_to_cache=config.data_cache_path,
-        mmap_bin_files=config.mmap_bin_files,
-        tokenizer=tokenizer,
+        **config.megatron_config_kwargs(tokenizer),
         reset_position_ids=config.reset_position_ids,
         reset_attention_mask=config.reset_attention_mask,
         eod_mask_loss=config.eod_mask_loss,
         create_attention_mask=config.create_attention_mask,
-        num_dataset_builder_threads=config.num_dataset_builder_threads,
     )
     _drop_empty_splits(gpt_config, config, sizes)
     builder = _GPTDatasetBuilder(GPTDataset, sizes, is_built_on_rank or _always, gpt_config)
