@@ -9,7 +9,8 @@
 #   resume_flag DIR         --load DIR when DIR holds a checkpoint (so the same command starts and resumes).
 #
 # Environment: PYTHON (default python3), TORCHRUN (default torchrun), REPO (default: the parent of
-# this directory), NNODES, NODE_RANK, GPUS_PER_NODE, MASTER_ADDR, MASTER_PORT.
+# this directory), NNODES, NODE_RANK, GPUS_PER_NODE, MASTER_ADDR, MASTER_PORT (a script sets its own
+# defaults before sourcing this file).
 
 REPO=${REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 PYTHON=${PYTHON:-python3}
@@ -19,16 +20,16 @@ NODE_RANK=${NODE_RANK:-0}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-WORLD=$((NNODES * GPUS_PER_NODE))
 
 batch_arithmetic() {  # MICRO_BATCH GLOBAL_BATCH TP PP SEQ_LEN
     local micro=$1 global=$2 tp=$3 pp=$4 seq=$5
-    local dp=$((WORLD / (tp * pp)))
+    local world=$((NNODES * GPUS_PER_NODE))
+    local dp=$((world / (tp * pp)))
     if (( dp < 1 || global % (micro * dp) != 0 )); then
         echo "error: global batch $global is not a multiple of micro batch $micro x DP $dp" >&2
         exit 2
     fi
-    echo "batch: global $global sequences = micro $micro x DP $dp (world $WORLD / (TP $tp x PP $pp))" \
+    echo "batch: global $global sequences = micro $micro x DP $dp (world $world / (TP $tp x PP $pp))" \
          "x $((global / (micro * dp))) micro-batches; $((global * seq)) tokens per iteration"
 }
 
@@ -41,7 +42,7 @@ launch() {
     shift
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
         # No GPU needed: the entry script builds the model on the meta device.
-        WORLD_SIZE=$WORLD RANK=0 LOCAL_RANK=0 CUDA_VISIBLE_DEVICES="" \
+        WORLD_SIZE=$((NNODES * GPUS_PER_NODE)) RANK=0 LOCAL_RANK=0 CUDA_VISIBLE_DEVICES="" \
             "$PYTHON" "$REPO/$script" "$@" --dry-run
     else
         "$TORCHRUN" --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE" \

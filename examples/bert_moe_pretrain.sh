@@ -10,9 +10,9 @@
 # Batch arithmetic: global 256 sequences = micro 4 x DP 8 x 8 micro-batches; x 512 tokens = 131,072
 # tokens per iteration. Fine-tune the result with examples/glue_finetune.sh.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 NNODES=1
-WORLD=$((NNODES * GPUS_PER_NODE))
+NODE_RANK=0
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 NUM_LAYERS=${NUM_LAYERS:-24}
 HIDDEN=${HIDDEN:-1024}
 HEADS=${HEADS:-16}

@@ -12,15 +12,15 @@
 # 128 tokens; with GPUS_PER_NODE=8: global 128 = micro 16 x DP 8 x 1 (set GLOBAL_BATCH to keep 16 per
 # step: 16 = micro 2 x DP 8 x 1).
 set -euo pipefail
+NNODES=1
+NODE_RANK=0
 GPUS_PER_NODE=${GPUS_PER_NODE:-1}
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
-NNODES=1
-WORLD=$((NNODES * GPUS_PER_NODE))
 TASK=${TASK:-RTE}
 GLUE_DIR=${GLUE_DIR:-glue_data}
 PRETRAINED=${PRETRAINED:-checkpoints/roberta-moe-evomoe}
 MICRO_BATCH=${MICRO_BATCH:-16}
-GLOBAL_BATCH=${GLOBAL_BATCH:-$((MICRO_BATCH * WORLD))}
+GLOBAL_BATCH=${GLOBAL_BATCH:-$((MICRO_BATCH * GPUS_PER_NODE))}
 SEQ_LEN=${SEQ_LEN:-128}
 OUT=${OUT:-checkpoints/$(basename "$PRETRAINED")-$TASK}
 RESULTS_DIR=${RESULTS_DIR:-results}

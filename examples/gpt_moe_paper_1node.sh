@@ -9,11 +9,10 @@
 # Batch arithmetic: global 256 sequences = micro 8 x DP 8 x 4 micro-batches; x 1024 tokens = 262,144
 # tokens per iteration; 200k iterations = 52.4B tokens.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
-source "$(dirname "${BASH_SOURCE[0]}")/_gpt_moe_paper_args.sh"
 NNODES=1
 NODE_RANK=0
-WORLD=$((NNODES * GPUS_PER_NODE))
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_gpt_moe_paper_args.sh"
 EP=${EP:-8}
 
 batch_arithmetic "$MICRO_BATCH" "$GLOBAL_BATCH" "$TP" "$PP" "$SEQ_LEN"

@@ -13,10 +13,9 @@
 # Batch arithmetic (NNODES=2, 8 GPUs each): global 256 sequences = micro 8 x DP 16 x 2 micro-batches;
 # x 1024 tokens = 262,144 tokens per iteration (the same as on one node: only the layout changes).
 set -euo pipefail
+NNODES=${NNODES:-2}
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/_gpt_moe_paper_args.sh"
-NNODES=${NNODES:-2}
-WORLD=$((NNODES * GPUS_PER_NODE))
 EP=${EP:-16}
 
 batch_arithmetic "$MICRO_BATCH" "$GLOBAL_BATCH" "$TP" "$PP" "$SEQ_LEN"

@@ -36,7 +36,9 @@ def corpus_data(tmp_path_factory):
 
 def example_env(**overrides) -> dict:
     """The environment of an example script: this venv's python and torchrun, no GPU."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    launcher = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK",
+                "GPUS_PER_NODE", "DRY_RUN", "SLURM_JOB_ID", "SLURM_NNODES", "SLURM_JOB_NODELIST")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     env.update(PYTHON=sys.executable, TORCHRUN=os.path.join(BIN, "torchrun"), OMP_NUM_THREADS="1")
     env.update({k: str(v) for k, v in overrides.items()})
     return env

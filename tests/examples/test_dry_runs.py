@@ -27,7 +27,7 @@ def test_preprocessing_prints_its_commands(corpus_data, tmp_path):
 GPT_CASES = [
     # script, extra env, expected lines
     ("gpt_moe_paper_1node.sh", {}, ["world size 8 (TP 1 x PP 1 x DP 8; EP 8", "global 256 = micro 8 x DP 8 x 4"]),
-    ("gpt_moe_paper_multinode.sh", {"NNODES": 2}, ["world size 16 (TP 1 x PP 1 x DP 16; EP 16",
+    ("gpt_moe_paper_multinode.sh", {}, ["world size 16 (TP 1 x PP 1 x DP 16; EP 16",  # default NNODES=2
                                                    "global 256 = micro 8 x DP 16 x 2"]),
     ("gpt_moe_paper.sbatch", {}, ["world size 32 (TP 1 x PP 1 x DP 32; EP 16", "global 256 = micro 8 x DP 32 x 1"]),
 ]
