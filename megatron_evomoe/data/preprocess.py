@@ -33,6 +33,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 from megatron.core.datasets.indexed_dataset import DType
 from nltk.tokenize.punkt import PunktParameters
+from tqdm import tqdm
 
 from megatron_evomoe.data.corpus_reader import CorpusReader, Document, resolve_input_files
 from megatron_evomoe.data.errors import DataInputError
@@ -248,25 +249,36 @@ def encode_documents(
 
 
 class _Progress:
-    """Logs docs/s and MB/s every `interval` documents."""
+    """A progress bar with docs/s and MB/s on a terminal (tqdm; off when stderr is not a TTY), and a
+    log line every `interval` documents (for batch jobs' log files, as Megatron-LM prints)."""
 
     def __init__(self, interval: int) -> None:
         self.interval = interval
         self.start = time.perf_counter()
         self.num_documents = 0
         self.num_bytes = 0
+        self.bar = tqdm(unit=" docs", disable=None, dynamic_ncols=True, mininterval=0.5)
 
     def update(self, num_bytes: int) -> None:
         self.num_documents += 1
         self.num_bytes += num_bytes
+        self.bar.update(1)
+        if self.num_documents % 100 == 0:
+            self.bar.set_postfix_str(f"{self._mb_per_s():.2f} MB/s", refresh=False)
         if self.num_documents % self.interval == 0:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
             logger.info(
                 "processed %d documents (%.1f docs/s, %.2f MB/s)",
                 self.num_documents,
                 self.num_documents / elapsed,
-                self.num_bytes / elapsed / 1e6,
+                self._mb_per_s(),
             )
+
+    def _mb_per_s(self) -> float:
+        return self.num_bytes / max(time.perf_counter() - self.start, 1e-9) / 1e6
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _punkt_params(config: PreprocessConfig, files: Sequence[str]) -> PunktParameters:
@@ -331,6 +343,7 @@ def preprocess_data(config: PreprocessConfig) -> PreprocessStats:
                 else:
                     writers[key].add_document(*item)
             progress.update(document.num_bytes)
+        progress.close()
         for key, writer in writers.items():
             if writer.num_sequences == 0:  # an empty dataset would make GPTDataset loop forever
                 raise DataInputError(f"--json-keys {key!r}: every document is blank for this key")
