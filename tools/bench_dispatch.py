@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -37,15 +36,8 @@ def _parse(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _rank_main(rank: int, world: int, port: int, rpn: int, args: argparse.Namespace, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    try:
-        queue.put((rank, _measure(rank, world, rpn, args)))
-    except BaseException as exc:  # report to the parent instead of hanging it
-        import traceback
-
-        queue.put((rank, RuntimeError(traceback.format_exc())))
-        raise exc
+def _measure_this_rank(rpn: int, args: argparse.Namespace) -> list:
+    return _measure(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), rpn, args)
 
 
 def _measure(rank: int, world: int, rpn: int, args: argparse.Namespace) -> list:
@@ -138,34 +130,11 @@ def _config(world: int, name: str, rpn: int, model=None) -> SimpleNamespace:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_topology(nodes: int, per_node: int, args: argparse.Namespace):
-    """Spawn ``nodes * per_node`` gloo processes; returns rank 0's rows and calibration."""
-    import torch.multiprocessing as mp
+    """Run ``nodes * per_node`` gloo processes; returns rank 0's rows and calibration."""
+    from megatron_evomoe.analysis.local_world import run_local_world
 
-    world = nodes * per_node
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, per_node, args, queue)) for r in range(world)]
-    for proc in procs:
-        proc.start()
-    results = {}
-    for _ in range(world):
-        rank, value = queue.get(timeout=1800)
-        if isinstance(value, Exception):
-            for proc in procs:
-                proc.kill()
-            raise value
-        results[rank] = value
-    for proc in procs:
-        proc.join()
-    return results[0]
+    return run_local_world(_measure_this_rank, nodes * per_node, per_node, args)[0]
 
 
 def _fmt_bytes(n: int) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import time
@@ -163,47 +162,12 @@ def _measure(args: argparse.Namespace) -> dict:
     return results
 
 
-def _rank_main(rank: int, world: int, port: int, args, queue) -> None:
-    os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-    )
-    try:
-        queue.put((rank, _measure(args)))
-    except BaseException:
-        import traceback
-
-        queue.put((rank, RuntimeError(traceback.format_exc())))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main(argv=None) -> int:
-    import torch.multiprocessing as mp
+    from megatron_evomoe.analysis.local_world import run_local_world
 
     args = _parse(argv)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [
-        ctx.Process(target=_rank_main, args=(r, args.world_size, port, args, queue)) for r in range(args.world_size)
-    ]
-    for proc in procs:
-        proc.start()
-    results = {}
-    for _ in procs:
-        rank, value = queue.get(timeout=1800)
-        if isinstance(value, Exception):
-            for proc in procs:
-                proc.kill()
-            raise value
-        results[rank] = value
-    for proc in procs:
-        proc.join()
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    results = run_local_world(_measure, args.world_size, args, env={"OMP_NUM_THREADS": threads})
     mine = results[0]
     print(
         f"demo model (4 layers, hidden 128, 4 experts, seq 128, micro-batch 8), {args.world_size} rank(s), "
