@@ -328,6 +328,12 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
         f"--max-position-embeddings {args.max_position_embeddings} < --seq-length {args.seq_length}",
     )
     _check(not (args.bf16 and args.fp16), "--bf16 and --fp16 are mutually exclusive")
+    _check(
+        not (getattr(args, "reset_attention_mask", False) and compat.device_is_cuda()
+             and compat.transformer_engine_available()),
+        "--reset-attention-mask needs the local attention (SDPA); Transformer Engine's causal attention "
+        "here takes no per-document mask",
+    )
 
 
 def _router_options(args: argparse.Namespace) -> RouterOptions:

@@ -195,6 +195,9 @@ def data_config_from_args(args) -> GPTDataConfig:
         mmap_bin_files=args.mmap_bin_files,
         reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask,
+        # The causal mask is implicit in the model's attention; a [s, s] mask per sample is only
+        # worth building when it carries document boundaries.
+        create_attention_mask=args.reset_attention_mask,
         eod_mask_loss=args.eod_mask_loss,
     )
 

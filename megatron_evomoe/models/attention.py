@@ -27,7 +27,8 @@ class SDPACoreAttention(MegatronModule):
 
     Inputs are megatron's ``[seq, batch, heads, head_dim]``; the output is ``[seq, batch, heads*head_dim]``.
     ``attention_mask`` follows megatron's convention: ``True`` marks a position that must NOT be
-    attended to (padding); causal masking comes from ``attn_mask_type``.
+    attended to. Without a mask, causal masking comes from ``attn_mask_type``; a mask given to a
+    causal layer is the full one (GPT's ``--reset-attention-mask``: causal within each document).
     """
 
     def __init__(
@@ -75,9 +76,9 @@ class SDPACoreAttention(MegatronModule):
             value = value.repeat_interleave(repeat, dim=2)
         # [s, b, n, d] -> [b, n, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        is_causal = mask_type == AttnMaskType.causal
+        is_causal = mask_type == AttnMaskType.causal and attention_mask is None
         sdpa_mask = None
-        if not is_causal and attention_mask is not None:
+        if attention_mask is not None:
             sdpa_mask = ~attention_mask.bool()  # SDPA: True = may attend.
         dropout_p = self.dropout_p if self.training else 0.0
         if dropout_p > 0.0 and not self.config.sequence_parallel:

@@ -42,7 +42,8 @@ def gpt_forward(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(
         batch["tokens"],
         batch["position_ids"],
-        None,  # causal attention: SDPA / TE build the mask themselves
+        # Causal attention builds its own mask; the dataset adds one only for --reset-attention-mask.
+        batch.get("attention_mask"),
         labels=batch["labels"],
         padding_mask=batch["tokens"],
     )

@@ -156,6 +156,10 @@ def test_flags_map_to_config():
     assert cfg.seed == 1234 and args.num_workers == 0 and args.data_cache_path is None
     per_split = data_config_from_args(parser.parse_args(["--train-data-path", "A", "--seq-length", "8"]))
     assert per_split.blend() is None and per_split.blend_per_split() == [(["A"], None), None, None]
+    # The [s, s] mask is only built when it carries document boundaries.
+    assert cfg.create_attention_mask is False
+    reset = data_config_from_args(parser.parse_args(["--data-path", "A", "--seq-length", "8", "--reset-attention-mask"]))
+    assert reset.reset_attention_mask and reset.create_attention_mask
 
 
 def _build_on_rank(vocab_file, merge_file, prefix_a, prefix_b, cache):
