@@ -8,7 +8,8 @@ Samples: `dataset[i]` is a dict of torch tensors (megatron's GPTDataset reads se
     labels          [seq_length] int64   tokens shifted left by one (labels[j] == next token after tokens[j])
     loss_mask       [seq_length] float   0 on padding (and on EOD with eod_mask_loss)
     position_ids    [seq_length] int64   0..seq_length-1 (restarting after EOD with reset_position_ids)
-    attention_mask  [1, seq_length, seq_length] bool, True = masked (causal), only with create_attention_mask
+    attention_mask  [1, seq_length, seq_length] bool, True = masked, only with create_attention_mask
+                    (--reset-attention-mask)
 A blended split's samples also carry "dataset_id" (which prefix the sample came from).
 
 What this module adds around megatron:
@@ -98,8 +99,9 @@ class GPTDataConfig:
     eod_mask_loss: bool = False
     """Zero the loss mask on EOD tokens (--eod-mask-loss)."""
 
-    create_attention_mask: bool = True
-    """Put the [1, s, s] causal mask in each sample; attention kernels that build their own can skip it."""
+    create_attention_mask: bool = False
+    """Put a [1, s, s] mask in each sample. The model's attention builds the causal mask itself, so
+    only --reset-attention-mask (document boundaries) needs it."""
 
     num_dataset_builder_threads: int = 1
     """Threads building the per-prefix datasets of a blend."""

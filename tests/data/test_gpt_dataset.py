@@ -58,7 +58,7 @@ def test_samples_are_shifted_token_windows(tmp_path, gpt_prefixes, bpe_tokenizer
         sample = train[index]
         assert sample["tokens"].shape == sample["labels"].shape == (SEQ,)
         assert sample["loss_mask"].shape == sample["position_ids"].shape == (SEQ,)
-        assert sample["attention_mask"].shape == (1, SEQ, SEQ)
+        assert "attention_mask" not in sample  # the model builds the causal mask itself
         assert torch.equal(sample["tokens"][1:], sample["labels"][:-1])
         assert torch.equal(sample["position_ids"], torch.arange(SEQ))
         assert bool(sample["loss_mask"].all())  # GPT-2 has no pad token: nothing is masked
