@@ -6,30 +6,13 @@ import torch
 
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.routers.gshard import GShardRouter, top2_gating
-from tests.tiny import tiny_run
-
-NUM_TOKENS, NUM_EXPERTS = 48, 4
-
-
-def _router(cls, *flags):
-    router = cls(tiny_run(*flags).model)
-    router.set_layer_number(1)
-    torch.manual_seed(0)
-    router.weight.data.normal_(0.0, 1.0)
-    return router
-
-
-def _softmax64(hidden, weight):
-    logits = hidden.double().numpy() @ weight.double().numpy().T
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
-
+from tests.moe.routers.oracles import NUM_EXPERTS, NUM_TOKENS, router_with_random_gate, softmax64
 
 def test_gshard_pair_normalised_weights_and_first_choice_balance_loss(megatron_world_of_one):
-    router = _router(GShardRouter, "--moe-router-type", "gshard")
+    router = router_with_random_gate(GShardRouter, "--moe-router-type", "gshard")
     hidden = torch.randn(NUM_TOKENS, 32)
     decision = router(hidden, None)
-    p = _softmax64(hidden, router.weight.detach())
+    p = softmax64(hidden, router.weight.detach())
     order = np.argsort(-p, axis=1)
     first, second = order[:, 0], order[:, 1]
     rows = np.arange(NUM_TOKENS)
@@ -48,7 +31,7 @@ def test_gshard_pair_normalised_weights_and_first_choice_balance_loss(megatron_w
 
 
 def test_gshard_random_routing_keeps_second_expert_iff_twice_its_weight_beats_the_draw(megatron_world_of_one):
-    router = _router(GShardRouter, "--moe-router-type", "gshard", "--gshard-random-routing")
+    router = router_with_random_gate(GShardRouter, "--moe-router-type", "gshard", "--gshard-random-routing")
     hidden = torch.randn(512, 32)
     torch.manual_seed(5)
     decision = router(hidden, None)

@@ -6,30 +6,13 @@ import torch
 
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.routers.switch import SwitchRouter, multiplicative_jitter
-from tests.tiny import tiny_run
-
-NUM_TOKENS, NUM_EXPERTS = 48, 4
-
-
-def _router(cls, *flags):
-    router = cls(tiny_run(*flags).model)
-    router.set_layer_number(1)
-    torch.manual_seed(0)
-    router.weight.data.normal_(0.0, 1.0)
-    return router
-
-
-def _softmax64(hidden, weight):
-    logits = hidden.double().numpy() @ weight.double().numpy().T
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
-
+from tests.moe.routers.oracles import NUM_EXPERTS, NUM_TOKENS, router_with_random_gate, softmax64
 
 def test_switch_top1_unnormalised_weight_and_paper_balance_loss(megatron_world_of_one):
-    router = _router(SwitchRouter, "--moe-router-type", "switch")
+    router = router_with_random_gate(SwitchRouter, "--moe-router-type", "switch")
     hidden = torch.randn(NUM_TOKENS, 32)
     decision = router(hidden, None)
-    p = _softmax64(hidden, router.weight.detach())
+    p = softmax64(hidden, router.weight.detach())
     top = p.argmax(axis=1)
     assert decision.routing_map.tolist() == np.eye(NUM_EXPERTS, dtype=bool)[top].tolist()
     np.testing.assert_allclose(decision.probs.detach().numpy(), p * np.eye(NUM_EXPERTS)[top], atol=1e-6)
@@ -45,7 +28,7 @@ def test_switch_jitter_is_multiplicative_bounded_and_training_only(megatron_worl
     x = torch.randn(1000, 8)
     ratio = multiplicative_jitter(x, 0.1) / x
     assert ratio.min() >= 0.9 and ratio.max() <= 1.1 and ratio.std() > 0.01
-    router = _router(SwitchRouter, "--moe-router-type", "switch", "--moe-input-jitter-eps", "0.5")
+    router = router_with_random_gate(SwitchRouter, "--moe-router-type", "switch", "--moe-input-jitter-eps", "0.5")
     hidden = torch.randn(256, 32)
     router.eval()
     clean = router(hidden, None)
@@ -70,7 +53,7 @@ def test_capacity_drops_the_right_tokens():
 
 
 def test_capacity_on_a_switch_decision_keeps_the_earliest_tokens_of_each_expert(megatron_world_of_one):
-    router = _router(SwitchRouter, "--moe-router-type", "switch")
+    router = router_with_random_gate(SwitchRouter, "--moe-router-type", "switch")
     decision = router(torch.randn(NUM_TOKENS, 32), None)
     capacity = expert_capacity(NUM_TOKENS, NUM_EXPERTS, 1, 0.5)  # ceil(0.5 * 48 / 4) = 6
     probs, kept = apply_capacity(decision.probs, decision.routing_map, capacity, "position")
