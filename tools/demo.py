@@ -184,7 +184,7 @@ def train_demo(demo: dict, output_dir: str, train_iters: int) -> int:
     evals = [r for r in records if "val_ppl" in r]
     print(f"\ndone in {time.perf_counter() - start:.0f}s: lm loss {trained[0]['lm_loss']:.3f} (iteration "
           f"{trained[0]['iteration']}) -> {trained[-1]['lm_loss']:.3f} (iteration {trained[-1]['iteration']})")
-    print(f"validation perplexity: " + " -> ".join(f"{r['val_ppl']:.1f} (it {r['iteration']})" for r in evals))
+    print("validation perplexity: " + " -> ".join(f"{r['val_ppl']:.1f} (it {r['iteration']})" for r in evals))
     print(f"training FLOPs: {trained[-1]['flops']:.3e}")
     print(f"expert load over the last {max(1, train_iters // 15)} iterations (phase {trained[-1]['phase']}):")
     print(expert_load_table(trained[-1]))

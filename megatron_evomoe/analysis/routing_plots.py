@@ -16,7 +16,7 @@ entries of -1 mean "no routed expert" (shared expert, or a DTS token below the t
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 PHASE_COLORS = {"expert_diversify": "#fde0c5", "gate_sparsify": "#c7e9c0", "top1": "#dadaeb",
                 "stage1": "#fde0c5", "stage2": "#dadaeb", "sparse": None}

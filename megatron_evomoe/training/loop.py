@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -22,12 +21,13 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from torch.utils.data import Dataset
 
-from megatron_evomoe import compat, initialize
+from megatron_evomoe import compat
 from megatron_evomoe.arguments import RunConfig, architecture_meta
 from megatron_evomoe.moe.evolution import PhaseController
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpointing import TrainState
+from megatron_evomoe.training.collectives import sum_over_world
 from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
@@ -196,11 +196,7 @@ def reduce_reported_metrics(outputs: List[dict]) -> Dict[str, List[float]]:
             for i, name in enumerate(names):
                 if name in out:
                     local[i] += out[name].detach().to("cpu", torch.float64)
-    if dist.get_world_size() > 1:
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        reduced = local.to(device)
-        dist.all_reduce(reduced)
-        local = reduced.cpu()
+    local = sum_over_world(local)
     return {name: local[i].tolist() for i, name in enumerate(names)}
 
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 import torch
-import torch.distributed as dist
 
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.layer_specs import moe_layer_pattern
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.stats import SCALARS
+from megatron_evomoe.training.collectives import sum_over_world
 
 
 @dataclass
@@ -81,11 +81,7 @@ def collect_step_routing(
         for k, name in enumerate(loss_names):
             row[num_experts + len(SCALARS) + k] = losses.get(name, 0.0)
         layer.stats.reset()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        reduced = table.to(device)
-        dist.all_reduce(reduced)
-        table = reduced.cpu()
+    table = sum_over_world(table)
     scalars = table[:, num_experts : num_experts + len(SCALARS)]
     losses = table[:, num_experts + len(SCALARS) :] / max(loss_divisor, 1.0)
     return StepRouting(

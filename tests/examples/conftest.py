@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -49,7 +48,3 @@ def run_example(script: str, timeout: float = 300, **env) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

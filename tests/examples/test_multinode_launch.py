@@ -4,7 +4,8 @@ x 2 ranks, a tiny model through all EvoMoE phases with the hierarchical all-to-a
 import json
 import subprocess
 
-from tests.examples.conftest import REPO, example_env, free_port
+from megatron_evomoe.analysis.local_world import free_port
+from tests.examples.conftest import REPO, example_env
 
 TINY = dict(
     NUM_LAYERS=2, HIDDEN=32, HEADS=2, SEQ_LEN=32, NUM_EXPERTS=4, EP=4, MICRO_BATCH=2, GLOBAL_BATCH=8,

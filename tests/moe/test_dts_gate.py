@@ -1,6 +1,5 @@
 """The Dense-To-Sparse gate (EvoMoE eq. 8-10) against hand computations."""
 
-import dataclasses
 import math
 
 import pytest
