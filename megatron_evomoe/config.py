@@ -160,6 +160,8 @@ class TrainingConfig:
     """Consecutive non-finite iterations after which training stops (with a checkpoint)."""
     exit_interval: Optional[int] = None
     """Stop (after saving) when the iteration is a multiple of this."""
+    exit_signal_handler: bool = False
+    """On SIGTERM, save at the end of the current step and exit 0 (all ranks agree on the step)."""
     dry_run: bool = False
     """Validate the configuration, print model size and memory estimate, do not train."""
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)

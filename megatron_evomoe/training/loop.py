@@ -22,13 +22,14 @@ from megatron.core.transformer.module import Float16Module
 from torch.utils.data import Dataset
 
 from megatron_evomoe import compat
-from megatron_evomoe.arguments import RunConfig, architecture_meta
+from megatron_evomoe.arguments import RunConfig, architecture_meta, precision_name
 from megatron_evomoe.moe.evolution import PhaseController
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpointing import TrainState
 from megatron_evomoe.training.collectives import sum_over_world
 from megatron_evomoe.training.data_loading import build_iterator
+from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_handler
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
@@ -102,14 +103,19 @@ def setup_session(run: RunConfig, task: Task) -> TrainingSession:
     controller = PhaseController(config)
     state = TrainState()
     training = run.training
-    if training.load:
+    if training.load and checkpointing.has_checkpoint(training.load):
         state = load(run, model, optimizer, scheduler, controller)
+    elif training.load:
+        if training.finetune:
+            raise checkpointing.CheckpointError(f"--finetune: no checkpoint in --load {training.load}")
+        print_rank0(f"no checkpoint in {training.load} ({checkpointing.TRACKER_FILE} is missing): training from scratch")
     return TrainingSession(run, model, optimizer, scheduler, controller, state)
 
 
 def run_meta(run: RunConfig) -> dict:
     """What a checkpoint records about the run (checked on load)."""
     meta = architecture_meta(run.model)
+    meta["precision"] = precision_name(run.model)
     meta["world_size"] = run.world_size
     meta["layout"] = vars(run.layout)
     return meta
@@ -127,7 +133,8 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         scheduler=None if finetune else scheduler,
         load_rng=not (finetune or training.no_load_rng),
         run_meta=meta,
-        meta_keys=list(architecture_meta(run.model)),
+        # The optimizer's state differs between fp32 and bf16/fp16 (master weights): compared when loaded.
+        meta_keys=list(architecture_meta(run.model)) + ([] if (finetune or training.no_load_optim) else ["precision"]),
     )
     if finetune or training.no_load_optim:
         # The optimizer was built from the initial weights: its fp32 master copies (bf16/fp16) must
@@ -354,6 +361,11 @@ def step_flops(run: RunConfig, routing: StepRouting, routing_state) -> float:
 
 def pretrain(run: RunConfig, task: Task) -> TrainingSession:
     """Train ``task`` as configured by ``run`` (process groups must be initialised)."""
+    with exit_signal_handler(run.training.exit_signal_handler) as stop_signal:
+        return _pretrain(run, task, stop_signal)
+
+
+def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandler]) -> TrainingSession:
     session = setup_session(run, task)
     training = run.training
     state = session.state
@@ -425,13 +437,15 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
             (training.save_interval and state.iteration % training.save_interval == 0)
             or state.iteration == training.train_iters
         )
-        exiting = training.exit_interval and state.iteration % training.exit_interval == 0
+        signalled = stop_signal is not None and stop_signal.received_on_any_rank()
+        exiting = signalled or (training.exit_interval and state.iteration % training.exit_interval == 0)
         if should_save or (exiting and training.save):
             save_start = time.time()
             save(session)
             interval.start += time.time() - save_start  # checkpoint time is not training throughput
         if exiting:
-            print_rank0(f"exiting at iteration {state.iteration} (--exit-interval)")
+            reason = f"{stop_signal.name} received (--exit-signal-handler)" if signalled else "--exit-interval"
+            print_rank0(f"exiting at iteration {state.iteration}: {reason}")
             break
     writer.close()
     return session
