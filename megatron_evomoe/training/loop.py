@@ -116,6 +116,8 @@ def run_meta(run: RunConfig) -> dict:
     """What a checkpoint records about the run (checked on load)."""
     meta = architecture_meta(run.model)
     meta["precision"] = precision_name(run.model)
+    if hasattr(run.args, "bert_binary_head"):  # BERT: the pooler and NSP/SOP head exist only with it
+        meta["bert_binary_head"] = run.args.bert_binary_head
     meta["world_size"] = run.world_size
     meta["layout"] = vars(run.layout)
     return meta
@@ -134,7 +136,8 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         load_rng=not (finetune or training.no_load_rng),
         run_meta=meta,
         # The optimizer's state differs between fp32 and bf16/fp16 (master weights): compared when loaded.
-        meta_keys=list(architecture_meta(run.model)) + ([] if (finetune or training.no_load_optim) else ["precision"]),
+        meta_keys=list(architecture_meta(run.model)) + ["bert_binary_head"]
+        + ([] if (finetune or training.no_load_optim) else ["precision"]),
     )
     if finetune or training.no_load_optim:
         # The optimizer was built from the initial weights: its fp32 master copies (bf16/fp16) must

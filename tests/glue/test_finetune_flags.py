@@ -3,6 +3,7 @@ vocabulary of a checkpoint, and one clear error (exit 2) for bad input -- all be
 
 import argparse
 import os
+import sys
 
 import pytest
 
@@ -100,3 +101,10 @@ def test_missing_empty_or_gpt_checkpoint_is_named(tmp_path, capsys):
         f"error: --pretrained-checkpoint {gpt} is not a BERT checkpoint ({gpt}/iter_0000001 has no masked-LM head; "
         "a GPT checkpoint?): fine-tune from a pretrain_bert_moe.py or finetune_glue.py --save directory\n"
     )
+
+
+def test_unknown_task_is_one_line_with_a_hint(tmp_path, capsys):
+    sys.argv[0] = "finetune_glue.py"
+    err = _main_error(["--task", "MRPCX", "--data-dir", str(tmp_path)], capsys)
+    assert err.count("\n") == 1 and err.startswith("finetune_glue.py: error: argument --task: invalid choice: 'MRPCX'")
+    assert err.endswith("(see finetune_glue.py --help)\n")
