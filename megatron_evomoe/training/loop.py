@@ -295,7 +295,7 @@ def evaluate_as_served(session: TrainingSession, task: Task, valid_dataset: Data
         if controller.routing_state(iteration).phase == EXPERT_DIVERSIFY:
             return {}
         return {"val_served_loss": current["val_loss"], "val_served_ppl": current["val_ppl"]}
-    training_state = controller.applied_state
+    training_state = controller.applied_state or controller.routing_state(iteration)
     controller.apply_state(session.model, served)
     try:
         result = evaluate(session, task, valid_dataset)
