@@ -90,7 +90,7 @@ class GPTDataConfig:
     (--data-cache-path)."""
 
     seed: int = 1234
-    """Seed of the document and sample shuffles (--seed)."""
+    """Seed of the document and sample shuffles (--data-seed, default --seed)."""
 
     mmap_bin_files: bool = True
     """Memory-map the .bin files instead of reading them (--mmap-bin-files)."""
@@ -189,6 +189,12 @@ class GPTDataConfig:
         return found
 
 
+def data_seed(args) -> int:
+    """The seed of the data shuffles: --data-seed if given, else --seed (Megatron-LM uses --seed)."""
+    seed = getattr(args, "data_seed", None)
+    return getattr(args, "seed", GPTDataConfig.seed) if seed is None else seed
+
+
 def data_config_from_args(args) -> GPTDataConfig:
     """Map an argparse namespace (flags of `flags.add_data_args`, plus --seq-length and --seed from the
     training parser) to a GPTDataConfig."""
@@ -200,7 +206,7 @@ def data_config_from_args(args) -> GPTDataConfig:
         test_data_path=args.test_data_path,
         split=args.split,
         data_cache_path=args.data_cache_path,
-        seed=getattr(args, "seed", GPTDataConfig.seed),
+        seed=data_seed(args),
         mmap_bin_files=args.mmap_bin_files,
         reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask,

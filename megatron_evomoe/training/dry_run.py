@@ -27,6 +27,7 @@ from megatron_evomoe import compat
 from megatron_evomoe.analysis import memory_estimate as mem
 from megatron_evomoe.analysis.param_inventory import ParamInventory, take_inventory
 from megatron_evomoe.models.layer_specs import moe_layer_pattern
+from megatron_evomoe.moe.evolution import describe_schedule
 
 GIB = 1024.0**3
 
@@ -157,6 +158,9 @@ def format_report(run, report: DryRunReport, name: str) -> str:
         f"{run.num_microbatches} micro-batches; {tokens:,} tokens/iteration, "
         f"{tokens * training.train_iters:,} tokens in {training.train_iters} iterations",
     ]
+    schedule_line = describe_schedule(model, training.train_iters) if moe else None
+    if schedule_line:
+        lines.append(schedule_line)
     mixed = bool(model.bf16 or model.fp16)
     per = mem.static_bytes_per_param(mixed)
     shard = " / DP (distributed optimizer)" if run.optimizer.use_distributed_optimizer else ""

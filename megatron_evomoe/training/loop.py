@@ -8,9 +8,11 @@ and FLOPs -> logs, evaluation, checkpoints. A model family plugs in through :cla
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -23,7 +25,9 @@ from torch.utils.data import Dataset
 
 from megatron_evomoe import compat
 from megatron_evomoe.arguments import RunConfig, architecture_meta, precision_name
-from megatron_evomoe.moe.evolution import PhaseController
+from megatron_evomoe.moe.evolution import PhaseController, describe_schedule, routing_schedule
+from megatron_evomoe.moe.router import RoutingState
+from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpointing import TrainState
@@ -113,13 +117,15 @@ def setup_session(run: RunConfig, task: Task) -> TrainingSession:
 
 
 def run_meta(run: RunConfig) -> dict:
-    """What a checkpoint records about the run (checked on load)."""
+    """What a checkpoint records about the run (the architecture keys are checked on load)."""
     meta = architecture_meta(run.model)
     meta["precision"] = precision_name(run.model)
     if hasattr(run.args, "bert_binary_head"):  # BERT: the pooler and NSP/SOP head exist only with it
         meta["bert_binary_head"] = run.args.bert_binary_head
     meta["world_size"] = run.world_size
     meta["layout"] = vars(run.layout)
+    if run.model.num_moe_experts:
+        meta["routing_schedule"] = routing_schedule(run.model)
     return meta
 
 
@@ -152,15 +158,28 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
     return state
 
 
+def checkpoint_routing_state(root: str) -> Optional[RoutingState]:
+    """The routing state the newest checkpoint under ``root`` was trained with (None if unrecorded)."""
+    try:
+        path = os.path.join(checkpointing.checkpoint_dir(root, checkpointing.read_tracker(root)), checkpointing.META_FILE)
+        with open(path) as handle:
+            return RoutingState(**json.load(handle)["routing_state"])
+    except (checkpointing.CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def save(session: TrainingSession) -> None:
-    """Checkpoint the session into ``--save``."""
+    """Checkpoint the session into ``--save``, with the routing state its last step trained with."""
+    meta = run_meta(session.run)
+    if session.controller.applied_state is not None:
+        meta["routing_state"] = asdict(session.controller.applied_state)
     path = checkpointing.save_checkpoint(
         session.run.training.save,
         session.state,
         session.model,
         session.optimizer,
         session.scheduler,
-        run_meta=run_meta(session.run),
+        run_meta=meta,
     )
     print_rank0(f"saved checkpoint {path}")
 
@@ -273,6 +292,28 @@ def evaluate(session: TrainingSession, task: Task, valid_dataset: Dataset) -> Di
     return result
 
 
+def evaluate_as_served(session: TrainingSession, task: Task, valid_dataset: Dataset, current: Dict[str, float]) -> Dict[str, float]:
+    """``val_served_loss`` / ``val_served_ppl``: the validation set scored in the final routing state.
+
+    Where that routes like the current state (``PhaseController.serving_state``), the current
+    values are the served ones; in EvoMoE's stage 1 there is no served model yet (nothing logged).
+    """
+    controller = session.controller
+    iteration = session.state.iteration - 1
+    served = controller.serving_state(iteration, session.run.training.train_iters)
+    if served is None:
+        if controller.routing_state(iteration).phase == EXPERT_DIVERSIFY:
+            return {}
+        return {"val_served_loss": current["val_loss"], "val_served_ppl": current["val_ppl"]}
+    training_state = controller.applied_state or controller.routing_state(iteration)
+    controller.apply_state(session.model, served)
+    try:
+        result = evaluate(session, task, valid_dataset)
+    finally:
+        controller.apply_state(session.model, training_state)
+    return {"val_served_loss": result["val_loss"], "val_served_ppl": result["val_ppl"]}
+
+
 # ------------------------------------------------------------------------------------- logging
 class IntervalLog:
     """Accumulates what happens between two log lines."""
@@ -287,9 +328,13 @@ class IntervalLog:
         self.routing = StepRouting()
         self.tokens = 0
         self.skipped = 0
+        self.phase_flops: Dict[str, float] = {}
 
-    def add(self, means: Dict[str, float], routing: StepRouting, tokens: int, applied: bool) -> None:
+    def add(self, means: Dict[str, float], routing: StepRouting, tokens: int, applied: bool,
+            flops: float = 0.0, phase: Optional[str] = None) -> None:
         self.steps += 1
+        if phase is not None:
+            self.phase_flops[phase] = self.phase_flops.get(phase, 0.0) + flops
         for name, value in means.items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
         self.routing = self.routing.add(routing)
@@ -323,10 +368,12 @@ def log_record(
     if routing.num_tokens:
         record.update(
             phase=routing_state.phase,
+            phase_flops=dict(interval.phase_flops),  # this interval's FLOPs by routing phase
             temperature=routing_state.temperature,
             tokens_per_expert=routing.tokens_per_expert,
             experts_per_token=routing.experts_per_token(),
             dropped_token_fraction=routing.dropped_fraction(),
+            dropped_pair_fraction=routing.dropped_pair_fraction(),
         )
         for name, values in routing.losses.items():
             record[f"{name}_loss"] = [v / steps for v in values]
@@ -393,6 +440,9 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
     for chunk in session.model:
         chunk.train()
     print_rank0(f"training {task.name} from iteration {state.iteration} to {training.train_iters}")
+    schedule_line = describe_schedule(run.model, training.train_iters) if run.model.num_moe_experts else None
+    if schedule_line:
+        print_rank0(schedule_line)
     while state.iteration < training.train_iters:
         iteration = state.iteration
         for event in session.controller.before_step(iteration, session.model, session.optimizer):
@@ -404,10 +454,12 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
         state.iteration += 1
         state.consumed_samples += training.global_batch_size
         state.consumed_tokens += training.global_batch_size * training.seq_length
-        state.floating_point_operations += step_flops(run, routing, session.controller.routing_state(iteration))
+        step_state = session.controller.routing_state(iteration)
+        flops = step_flops(run, routing, step_state)
+        state.floating_point_operations += flops
         consecutive_skips = 0 if applied else consecutive_skips + 1
         state.skipped_iters += 0 if applied else 1
-        interval.add(means, routing, training.global_batch_size * training.seq_length, applied)
+        interval.add(means, routing, training.global_batch_size * training.seq_length, applied, flops, step_state.phase)
         if consecutive_skips >= training.max_skipped_iters:
             if training.save:
                 save(session)
@@ -423,9 +475,14 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
             interval.reset(now)
         if state.iteration % training.eval_interval == 0 or state.iteration == training.train_iters:
             if valid_ds is not None and training.eval_iters > 0:
+                eval_start = time.time()
                 record = record or {"iteration": state.iteration}
                 record.update(evaluate(session, task, valid_ds))
-                interval.reset(time.time())
+                if training.eval_as_served:
+                    record.update(evaluate_as_served(session, task, valid_ds, record))
+                # Evaluation is not training throughput; the interval's steps, metrics and FLOPs
+                # still count towards the next log line.
+                interval.start += time.time() - eval_start
         if probe is not None and record is not None and "lr" in record:
             probe_start = time.time()
             record["routing_probe"] = probe.collect(session, task)
@@ -435,7 +492,9 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
             writer.print(console_line(record, training.train_iters) if "lr" in record else
                          f"iter {state.iteration} | val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f}")
             if "val_loss" in record and "lr" in record:
-                writer.print(f"          validation: loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f}")
+                writer.print(f"          validation: loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f}"
+                             + (f" | as served: loss {record['val_served_loss']:.4f} | ppl "
+                                f"{record['val_served_ppl']:.2f}" if "val_served_loss" in record else ""))
         should_save = training.save and (
             (training.save_interval and state.iteration % training.save_interval == 0)
             or state.iteration == training.train_iters
