@@ -20,7 +20,7 @@ from functools import partial
 
 from megatron_evomoe.arguments import RunConfig, build_parser
 from megatron_evomoe.bert_arguments import add_bert_args
-from megatron_evomoe.data.bert_dataset import bert_data_config_from_args, build_bert_datasets
+from megatron_evomoe.data.bert_dataset import bert_data_config, build_bert_datasets
 from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
 from megatron_evomoe.models.bert import bert_forward, build_bert_model, mlm_loss
 from megatron_evomoe.training.dry_run import print_dry_run
@@ -40,15 +40,15 @@ def make_task(run: RunConfig, tokenizer) -> Task:
 
     Also records the model flags beside the checkpoints (``model_args.json``) for fine-tuning.
     """
-    binary_head = run.args.bert_binary_head
+    binary_head = run.bert.binary_head
     if run.training.save and int(os.environ.get("RANK", "0")) == 0:
         parser = build_parser("", add_bert_args)
         save_model_args(
-            run.training.save, run.args, parser, default_model_name(run.training.save), run.model.vocab_size
+            run.training.save, run.flags, parser, default_model_name(run.training.save), run.model.vocab_size
         )
 
     def build_datasets(run: RunConfig, num_samples):
-        return build_bert_datasets(bert_data_config_from_args(run.args), tokenizer, num_samples)
+        return build_bert_datasets(bert_data_config(run.data, run.bert), tokenizer, num_samples)
 
     def build_model(config, pre_process, post_process):
         return build_bert_model(config, pre_process, post_process, add_binary_head=binary_head)

@@ -17,7 +17,7 @@ and a per-GPU memory estimate without training.
 from functools import partial
 
 from megatron_evomoe.arguments import RunConfig
-from megatron_evomoe.data.gpt_dataset import build_gpt_datasets, data_config_from_args
+from megatron_evomoe.data.gpt_dataset import build_gpt_datasets, require_data
 from megatron_evomoe.models.gpt import build_gpt_model, gpt_forward, masked_token_loss
 from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import main
@@ -34,7 +34,7 @@ def make_task(run: RunConfig, tokenizer) -> Task:
     """GPT providers: model for this pipeline stage, megatron.core GPT datasets, forward step."""
 
     def build_datasets(run: RunConfig, num_samples):
-        return build_gpt_datasets(data_config_from_args(run.args), tokenizer, num_samples)
+        return build_gpt_datasets(require_data(run.data), tokenizer, num_samples)
 
     def build_model(config, pre_process, post_process):
         return build_gpt_model(config, pre_process, post_process)

@@ -1,45 +1,40 @@
 """Command-line flags (Megatron-LM's names) and their validation into one :class:`RunConfig`.
 
 Every flag of the training scripts is defined here (data and tokenizer flags in ``data/flags.py``,
-shared with the preprocessing tools). ``build_run_config`` is the only place that checks flag
-combinations and fills megatron-core's configs; invalid input raises ``ValueError`` with one line that
-names the flags involved.
+shared with the preprocessing tools; the router flags are generated from each router's ``Config`` in
+``router_arguments.py``). ``build_run_config`` is the only place that checks flag combinations and
+fills megatron-core's configs; invalid input raises :class:`~megatron_evomoe.errors.InputError` with
+one line that names the flags involved.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig
 
-from megatron_evomoe import compat
-from megatron_evomoe.config import (
-    DEFAULT_AUX_LOSS_COEFF,
-    DISPATCHER_TYPES,
-    ROUTER_TYPES,
-    DispatchOptions,
-    EvoMoEOptions,
-    LRScheduleConfig,
-    ModelConfig,
-    RouterOptions,
-    TrainingConfig,
-)
+from megatron_evomoe.bert_arguments import BertOptions, bert_options_from_args
+from megatron_evomoe.config import DispatchOptions, LRScheduleConfig, ModelConfig, TrainingConfig
 from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
+from megatron_evomoe.data.gpt_dataset import GPTDataConfig, data_config_from_args, gives_data_path
+from megatron_evomoe.device import device_is_cuda, use_transformer_engine
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.initialize import ParallelLayout
-from megatron_evomoe.moe.routers.dselectk import official_entropy_coeff
-from megatron_evomoe.moe.routers.switch import SWITCH_JITTER_EPS
-from megatron_evomoe.moe.schedule import resolve_evomoe_phases
+from megatron_evomoe.moe.dispatch import available_dispatchers
+from megatron_evomoe.moe.router_config import RunShape
+from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.router_arguments import add_router_args, router_config_from_args, selected_topk
 
 
 @dataclass
 class RunConfig:
-    """Everything a run needs, validated. ``args`` keeps the raw flags for data/tokenizer setup."""
+    """Everything a run needs, validated and typed (the argparse namespace does not outlive it)."""
 
     model: ModelConfig
     optimizer: OptimizerConfig
@@ -47,7 +42,14 @@ class RunConfig:
     training: TrainingConfig
     layout: ParallelLayout
     world_size: int
-    args: argparse.Namespace
+    data: Optional[GPTDataConfig] = None
+    """The data flags (None when no --data-path / --train-data-path was given, e.g. fine-tuning)."""
+    bert: Optional[BertOptions] = None
+    """The BERT flags of pretrain_bert_moe.py and finetune_glue.py (None for GPT)."""
+    distributed_timeout_minutes: int = 30
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    """The command line as parsed (a copy): only written into records (results JSON,
+    ``model_args.json``); code reads the typed fields above."""
 
     @property
     def data_parallel_size(self) -> int:
@@ -106,25 +108,14 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-experts", type=int, default=None, help="experts per MoE layer (None: dense)")
     g.add_argument("--moe-layer-freq", type=int, default=2, help="an MoE layer every k layers (paper: 2)")
     g.add_argument("--moe-ffn-hidden-size", type=int, default=None, help="default --ffn-hidden-size")
-    g.add_argument("--moe-router-type", choices=ROUTER_TYPES, default="switch")
-    g.add_argument(
-        "--moe-aux-loss-coeff", type=float, default=None,
-        help="balance-loss weight; default per router: "
-        + ", ".join(f"{k} {v}" for k, v in DEFAULT_AUX_LOSS_COEFF.items()),
-    )
-    g.add_argument("--moe-router-topk", type=int, default=None, help="k (gshard 2, dselectk 2, others 1)")
+    add_router_args(parser, g)
     g.add_argument(
         "--moe-expert-capacity-factor", type=float, default=None, help="None: dropless (default)"
     )
     g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs")
-    g.add_argument(
-        "--moe-input-jitter-eps", type=float, default=None,
-        help="switch: multiplicative jitter U(1-eps, 1+eps) on the router input in training "
-        f"(default {SWITCH_JITTER_EPS}, the Switch paper's; 0 turns it off)",
-    )
     g.add_argument("--moe-grouped-gemm", action="store_true", help="grouped GEMM experts (GPU with TE)")
     g.add_argument(
-        "--moe-token-dispatcher-type", choices=DISPATCHER_TYPES, default="allgather",
+        "--moe-token-dispatcher-type", choices=available_dispatchers(), default="allgather",
         help="how tokens reach expert-parallel ranks",
     )
     g.add_argument(
@@ -136,82 +127,6 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--moe-a2a-alpha-inter", type=float, default=DispatchOptions.alpha_inter)
     g.add_argument("--moe-a2a-beta-inter", type=float, default=DispatchOptions.beta_inter)
     g.add_argument("--moe-a2a-calibrate", action="store_true", help="measure alpha/beta at start-up")
-    r = parser.add_argument_group("baseline routers (docs/routers.md)")
-    r.add_argument(
-        "--gshard-random-routing", action=argparse.BooleanOptionalAction, default=True,
-        help="gshard: in training, use the 2nd expert only if 2*g2 > U(0,1), g2 normalised over the top-2 "
-        "(GShard Algorithm 1; on by default, --no-gshard-random-routing: always both experts)",
-    )
-    r.add_argument(
-        "--base-auction-epsilon", type=float, default=RouterOptions.base_auction_epsilon,
-        help="base: auction bid increment relative to the score range (total within T*eps*range of optimal)",
-    )
-    r.add_argument(
-        "--base-auction-max-rounds", type=int, default=RouterOptions.base_auction_max_rounds,
-        help="base: cap on auction rounds, after which remaining tokens fill free slots greedily",
-    )
-    r.add_argument(
-        "--hash-type", choices=["random", "balanced"], default="random",
-        help="hash: random token->expert table, or balanced from training-data token frequencies",
-    )
-    r.add_argument(
-        "--hash-frequency-samples", type=int, default=RouterOptions.hash_frequency_samples,
-        help="hash balanced: training samples counted for token frequencies",
-    )
-    r.add_argument(
-        "--stablemoe-stage1-iters", type=int, default=None,
-        help="stablemoe: iterations of stage 1 (learn + distill routing); default 10%% of --train-iters",
-    )
-    r.add_argument(
-        "--stablemoe-distill-coeff", type=float, default=RouterOptions.stablemoe_distill_coeff,
-        help="stablemoe: weight of the distillation cross-entropy (balance alpha is --moe-aux-loss-coeff)",
-    )
-    r.add_argument(
-        "--stablemoe-distill-dim", type=int, default=RouterOptions.stablemoe_distill_dim,
-        help="stablemoe: dimension of the distilled router's word embedding",
-    )
-    r.add_argument(
-        "--dselectk-gamma", type=float, default=RouterOptions.dselectk_gamma,
-        help="dselectk: smooth-step width gamma (k is --moe-router-topk)",
-    )
-    r.add_argument(
-        "--dselectk-entropy-coeff", type=float, default=None,
-        help="dselectk: weight of the selectors' entropy averaged over tokens (drives the gate to be sparse); "
-        "default: the official code's 1e-6 on a sum over the batch, i.e. 1e-6 x micro-batch tokens",
-    )
-    e = parser.add_argument_group("EvoMoE (--moe-router-type dts)")
-    e.add_argument(
-        "--evomoe-shared-expert-iters", type=int, default=None,
-        help="T_S, iterations of the shared expert (default 5%% of --train-iters, the paper's)",
-    )
-    e.add_argument("--evomoe-mask-ratio", type=float, default=EvoMoEOptions.mask_ratio)
-    e.add_argument("--evomoe-mask-granularity", choices=["element", "neuron"], default="element")
-    e.add_argument(
-        "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default=None,
-        help="Adam moments of spawned experts: the shared expert's under the same mask (masked_copy; "
-        "default), or zeros (reset; default with --use-distributed-optimizer, whose shards do not hold "
-        "the shared expert's moments; Adam's bias correction does not restart: megatron keeps one step count)",
-    )
-    e.add_argument("--no-expert-diversify", action="store_true", help="ablation: random experts + DTS")
-    e.add_argument("--no-gate-sparsify", action="store_true", help="ablation: diversify + Switch Top-1")
-    e.add_argument(
-        "--dts-threshold", type=float, default=EvoMoEOptions.dts_threshold,
-        help="c: experts with gate weight <= c are not computed (paper: 0.001)",
-    )
-    e.add_argument("--dts-max-temperature", type=float, default=EvoMoEOptions.dts_max_temperature)
-    e.add_argument("--dts-min-temperature", type=float, default=EvoMoEOptions.dts_min_temperature)
-    e.add_argument(
-        "--dts-anneal-iters", type=int, default=None,
-        help="iterations over which tau goes from max to min after T_S (default 5%% of --train-iters, the paper's)",
-    )
-    e.add_argument(
-        "--dts-temperature-schedule", choices=["linear", "exponential", "cosine"], default="linear"
-    )
-    e.add_argument("--dts-top1-iter", type=int, default=None, help="T_D (default T_S + anneal iters)")
-    e.add_argument(
-        "--dts-top1-noise", action="store_true",
-        help="keep gumbel noise in training after T_D, as Algorithm 2 does (off by default: docs/routers.md)",
-    )
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -290,7 +205,7 @@ def build_parser(
 # ----------------------------------------------------------------------------------- validation
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise InputError(message)
 
 
 def world_size_from_env() -> int:
@@ -398,118 +313,45 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
     )
     _check(not (args.bf16 and args.fp16), "--bf16 and --fp16 are mutually exclusive")
     _check(
-        not (getattr(args, "reset_attention_mask", False) and compat.device_is_cuda()
-             and compat.transformer_engine_available()),
+        not (getattr(args, "reset_attention_mask", False) and use_transformer_engine()),
         "--reset-attention-mask needs the local attention (SDPA); Transformer Engine's causal attention "
         "here takes no per-document mask",
     )
 
 
-def _router_options(args: argparse.Namespace) -> RouterOptions:
-    router = args.moe_router_type
-    coeff = args.moe_aux_loss_coeff
-    if coeff is None:
-        coeff = DEFAULT_AUX_LOSS_COEFF[router]
-    stage1 = args.stablemoe_stage1_iters
-    if stage1 is None:
-        stage1 = max(1, args.train_iters // 10)
-    topk = args.moe_router_topk
-    if router in ("switch", "base", "hash", "stablemoe"):
-        _check(topk in (None, 1), f"--moe-router-type {router} is a top-1 router: --moe-router-topk must be 1")
-    if router == "gshard":
-        _check(topk in (None, 2), "--moe-router-type gshard is a top-2 gate: --moe-router-topk must be 2")
-    jitter = SWITCH_JITTER_EPS if args.moe_input_jitter_eps is None else args.moe_input_jitter_eps
-    entropy = args.dselectk_entropy_coeff
-    if entropy is None:
-        entropy = official_entropy_coeff(args.micro_batch_size * args.seq_length)
-    _check(coeff >= 0, "--moe-aux-loss-coeff must be >= 0")
-    _check(0.0 <= jitter < 1.0, "--moe-input-jitter-eps must be in [0, 1)")
-    _check(args.base_auction_epsilon > 0, "--base-auction-epsilon must be > 0")
-    _check(args.base_auction_max_rounds >= 1, "--base-auction-max-rounds must be >= 1")
-    _check(args.hash_frequency_samples >= 1, "--hash-frequency-samples must be >= 1")
-    _check(stage1 >= 0, "--stablemoe-stage1-iters must be >= 0")
-    _check(args.stablemoe_distill_coeff >= 0, "--stablemoe-distill-coeff must be >= 0")
-    _check(args.stablemoe_distill_dim >= 1, "--stablemoe-distill-dim must be >= 1")
-    _check(args.dselectk_gamma > 0, "--dselectk-gamma must be > 0")
-    _check(entropy >= 0, "--dselectk-entropy-coeff must be >= 0")
-    return RouterOptions(
-        router_type=args.moe_router_type,
-        aux_loss_coeff=coeff,
-        jitter_eps=jitter,
-        gshard_random_routing=args.gshard_random_routing,
-        base_auction_epsilon=args.base_auction_epsilon,
-        base_auction_max_rounds=args.base_auction_max_rounds,
-        hash_type=args.hash_type,
-        hash_frequency_samples=args.hash_frequency_samples,
-        stablemoe_stage1_iters=stage1,
-        stablemoe_distill_coeff=args.stablemoe_distill_coeff,
-        stablemoe_distill_dim=args.stablemoe_distill_dim,
-        dselectk_gamma=args.dselectk_gamma,
-        dselectk_entropy_coeff=entropy,
-    )
-
-
-def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
-    for flag in ("evomoe_shared_expert_iters", "dts_anneal_iters", "dts_top1_iter"):
-        value = getattr(args, flag)
-        _check(value is None or value >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {value}")
-    phases = resolve_evomoe_phases(
-        args.train_iters,
-        shared_expert_iters=args.evomoe_shared_expert_iters,
-        anneal_iters=args.dts_anneal_iters,
-        top1_iter=args.dts_top1_iter,
-        expert_diversify=not args.no_expert_diversify,
-    )
-    shared, top1 = phases.shared_expert_iters, phases.top1_iter
-    _check(0.0 <= args.evomoe_mask_ratio < 1.0, "--evomoe-mask-ratio must be in [0, 1)")
-    _check(0.0 <= args.dts_threshold < 1.0, f"--dts-threshold must be in [0, 1), got {args.dts_threshold}")
-    _check(
-        args.dts_max_temperature >= args.dts_min_temperature > 0,
-        "--dts-max-temperature must be >= --dts-min-temperature > 0",
-    )
-    _check(top1 >= shared, f"--dts-top1-iter {top1} is before the end of stage 1 (T_S = {shared})")
-    optimizer_state = args.evomoe_optimizer_state
-    if optimizer_state is None:
-        optimizer_state = "reset" if args.use_distributed_optimizer else "masked_copy"
-    _check(
-        not (optimizer_state == "masked_copy" and args.use_distributed_optimizer),
-        "--evomoe-optimizer-state masked_copy needs the full optimizer state on each rank: "
-        "not available with --use-distributed-optimizer (use reset)",
-    )
-    _check(
-        not (args.no_expert_diversify and args.no_gate_sparsify),
-        "--no-expert-diversify and --no-gate-sparsify together are plain Switch: use --moe-router-type switch",
-    )
-    return EvoMoEOptions(
-        shared_expert_iters=shared,
-        mask_ratio=args.evomoe_mask_ratio,
-        mask_granularity=args.evomoe_mask_granularity,
-        optimizer_state=optimizer_state,
-        expert_diversify=not args.no_expert_diversify,
-        gate_sparsify=not args.no_gate_sparsify,
-        dts_threshold=args.dts_threshold,
-        dts_max_temperature=args.dts_max_temperature,
-        dts_min_temperature=args.dts_min_temperature,
-        dts_anneal_iters=phases.anneal_iters,
-        dts_temperature_schedule=args.dts_temperature_schedule,
-        dts_top1_iter=top1,
-        dts_top1_noise=args.dts_top1_noise,
-    )
-
-
 def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
-    on_gpu = compat.device_is_cuda()
-    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-    ffn = args.ffn_hidden_size or 4 * args.hidden_size
     moe = args.num_experts is not None
-    default_topk = {"gshard": 2, "dselectk": 2}.get(args.moe_router_type, 1)
-    topk = args.moe_router_topk if args.moe_router_topk is not None else default_topk
+    topk = selected_topk(args)
     if moe:
         _check(1 <= topk <= args.num_experts, f"--moe-router-topk {topk} must be in [1, --num-experts]")
         _check(
             args.moe_expert_capacity_factor is None or args.moe_expert_capacity_factor > 0,
             "--moe-expert-capacity-factor must be > 0",
         )
+    router = router_config_from_args(
+        args, RunShape(args.train_iters, args.micro_batch_size * args.seq_length, args.use_distributed_optimizer)
+    )
+    dispatch = DispatchOptions(
+        dispatcher_type=args.moe_token_dispatcher_type,
+        ranks_per_node=args.moe_ranks_per_node,
+        alpha_intra=args.moe_a2a_alpha_intra,
+        beta_intra=args.moe_a2a_beta_intra,
+        alpha_inter=args.moe_a2a_alpha_inter,
+        beta_inter=args.moe_a2a_beta_inter,
+        calibrate=args.moe_a2a_calibrate,
+    )
+    try:
+        return _megatron_model_config(args, vocab_size, router, dispatch)
+    except (ValueError, AssertionError) as exc:  # megatron-core's own checks of the values above
+        raise InputError(f"invalid model configuration: {' '.join(str(exc).split())}") from exc
+
+
+def _megatron_model_config(args: argparse.Namespace, vocab_size: int, router, dispatch) -> ModelConfig:
+    """megatron-core's TransformerConfig (+ our MoE options) from the validated flags."""
+    on_gpu = device_is_cuda()
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    ffn = args.ffn_hidden_size or 4 * args.hidden_size
+    moe = args.num_experts is not None
     return ModelConfig(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,
@@ -547,23 +389,15 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         num_moe_experts=args.num_experts,
         moe_ffn_hidden_size=(args.moe_ffn_hidden_size or ffn) if moe else None,
         moe_layer_freq=args.moe_layer_freq,
-        moe_router_topk=topk,
+        moe_router_topk=router.topk,
         moe_router_pre_softmax=True,  # megatron's own router is unused; this only satisfies its checks
         moe_aux_loss_coeff=0.0,  # ours lives in moe_router.aux_loss_coeff
         moe_expert_capacity_factor=args.moe_expert_capacity_factor,
         moe_token_drop_policy=args.moe_token_drop_policy,
         moe_grouped_gemm=args.moe_grouped_gemm,
-        moe_router=_router_options(args),
-        evomoe=_evomoe_options(args),
-        moe_dispatch=DispatchOptions(
-            dispatcher_type=args.moe_token_dispatcher_type,
-            ranks_per_node=args.moe_ranks_per_node,
-            alpha_intra=args.moe_a2a_alpha_intra,
-            beta_intra=args.moe_a2a_beta_intra,
-            alpha_inter=args.moe_a2a_alpha_inter,
-            beta_inter=args.moe_a2a_beta_inter,
-            calibrate=args.moe_a2a_calibrate,
-        ),
+        moe_router_type=args.moe_router_type,
+        moe_router=router,
+        moe_dispatch=dispatch,
         moe_recompute=args.moe_recompute,
         vocab_size=vocab_size,
         max_position_embeddings=args.max_position_embeddings,
@@ -619,6 +453,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         tensorboard_dir=args.tensorboard_dir,
         log_json=args.log_json,
         log_routing_probe=args.log_routing_probe,
+        num_workers=args.num_workers,
         seed=args.seed,
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,
@@ -634,7 +469,13 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
             weight_decay=args.weight_decay,
         ),
     )
-    return RunConfig(model, optimizer, ddp, training, layout, world_size, args)
+    return RunConfig(
+        model, optimizer, ddp, training, layout, world_size,
+        data=data_config_from_args(args) if gives_data_path(args) else None,
+        bert=bert_options_from_args(args),
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
+        flags=dict(vars(args)),
+    )
 
 
 def parse_args(
@@ -661,14 +502,12 @@ def architecture_meta(model: ModelConfig) -> dict:
         "num_experts": model.num_moe_experts,
         "moe_ffn_hidden_size": model.moe_ffn_hidden_size,
         "moe_layer_freq": model.moe_layer_freq,
-        "moe_router_type": model.moe_router.router_type,
+        "moe_router_type": model.moe_router_type,
         "padded_vocab_size": model.vocab_size,
         "max_position_embeddings": model.max_position_embeddings,
     }
-    if model.num_moe_experts and model.moe_router.router_type == "dselectk":
-        meta["moe_router_topk"] = model.moe_router_topk  # the number of selectors
-    if model.num_moe_experts and model.moe_router.router_type == "stablemoe":
-        meta["stablemoe_distill_dim"] = model.moe_router.stablemoe_distill_dim
+    if model.num_moe_experts:
+        meta.update(router_class(model.moe_router_type).architecture_meta(model))
     return meta
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megatron_evomoe.data.glue.tasks import GLUE_TASKS
+from megatron_evomoe.errors import InputError
 
 BERT_GROUP = "BERT"
 GLUE_GROUP = "GLUE fine-tuning"
@@ -56,6 +57,27 @@ def add_glue_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-batch-size", type=int, default=None, help="micro-batch size of evaluation")
 
 
+@dataclass(frozen=True)
+class BertOptions:
+    """The BERT model and masking flags (:func:`add_bert_args`)."""
+
+    binary_head: bool = False
+    """--bert-binary-head: the pooler and the NSP/SOP head, with token types."""
+    mask_prob: float = 0.15
+    """--mask-prob."""
+    short_seq_prob: float = 0.0
+    """--short-seq-prob."""
+    mask_whole_words: bool = False
+    """--mask-whole-words."""
+
+
+def bert_options_from_args(args: argparse.Namespace) -> Optional[BertOptions]:
+    """The BERT flags of ``args``; None when the parser has none (GPT)."""
+    if not hasattr(args, "bert_binary_head"):
+        return None
+    return BertOptions(args.bert_binary_head, args.mask_prob, args.short_seq_prob, args.mask_whole_words)
+
+
 @dataclass
 class FinetuneConfig:
     """One GLUE fine-tuning run."""
@@ -83,23 +105,23 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.task not in GLUE_TASKS:
-            raise ValueError(f"--task {self.task!r} is not one of {', '.join(GLUE_TASKS)}")
+            raise InputError(f"--task {self.task!r} is not one of {', '.join(GLUE_TASKS)}")
         if self.epochs < 0:
-            raise ValueError(f"--epochs must be >= 0, got {self.epochs}")
+            raise InputError(f"--epochs must be >= 0, got {self.epochs}")
         if not 0.0 <= self.lr_warmup_fraction < 1.0:
-            raise ValueError(f"--lr-warmup-fraction must be in [0, 1), got {self.lr_warmup_fraction}")
+            raise InputError(f"--lr-warmup-fraction must be in [0, 1), got {self.lr_warmup_fraction}")
         if self.eval_micro_batch_size < 1:
-            raise ValueError(f"--eval-batch-size must be >= 1, got {self.eval_micro_batch_size}")
+            raise InputError(f"--eval-batch-size must be >= 1, got {self.eval_micro_batch_size}")
 
 
 def finetune_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """Validate the fine-tuning flags (``--load`` with ``--pretrained-checkpoint`` is ambiguous)."""
     if args.load and args.pretrained_checkpoint:
-        raise ValueError(
+        raise InputError(
             "give --pretrained-checkpoint (new head) or --load (a checkpoint fine-tuned on this task), not both"
         )
     if args.epochs == 0 and not args.load:
-        raise ValueError("--epochs 0 only evaluates: it needs --load with a checkpoint fine-tuned on this task")
+        raise InputError("--epochs 0 only evaluates: it needs --load with a checkpoint fine-tuned on this task")
     return FinetuneConfig(
         task=args.task,
         data_dir=args.data_dir,

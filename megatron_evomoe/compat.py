@@ -15,7 +15,12 @@ megatron-core 0.16.1 hard-codes CUDA in a handful of modules (``device="cuda"`` 
   multiprocessing manager, and writer processes that die with the trainer (:func:`die_with_parent`);
 * lets the pipeline's first/last-stage embedding tie keep its weight on the CPU;
 * offers :func:`cuda_type_names`, a context manager used only around optimizer construction, where
-  megatron dispatches on ``param.type()`` strings.
+  megatron dispatches on ``param.type()`` strings;
+* lets the BERT LM head take a norm that supports sequence parallelism (:func:`bert_lm_head_norm`).
+
+It imports nothing of this repository: the modules that need an adaptation call it (``initialize``,
+``training/optimizer``, ``training/data_loading``, ``models/bert``); whether the run is on CUDA is
+``device.py``'s answer.
 
 :func:`apply_megatron_fixes` holds the fixes for megatron bugs that also hit a GPU without
 Transformer Engine; it runs on every device. Everything is idempotent.
@@ -64,18 +69,6 @@ _TENSOR_FACTORIES = frozenset(
 )
 
 _STATE = {"cpu_applied": False, "fixes_applied": False}
-
-
-def device_is_cuda() -> bool:
-    """True when training runs on CUDA GPUs (``EVOMOE_FORCE_CPU=1`` forces the CPU path)."""
-    return torch.cuda.is_available() and os.environ.get("EVOMOE_FORCE_CPU", "0") != "1"
-
-
-def current_device() -> torch.device:
-    """The device this rank computes on."""
-    if device_is_cuda():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def _to_cpu_device(device: Any) -> Any:
@@ -190,9 +183,10 @@ def cuda_type_names() -> Iterator[None]:
     """Make ``Tensor.type()`` report ``torch.cuda.*`` names for CPU tensors, temporarily.
 
     megatron's optimizers sort parameters by these strings when they are built. Only wrap optimizer
-    construction: left on globally it would mislabel tensors.
+    construction: left on globally it would mislabel tensors. A no-op unless
+    :func:`apply_cpu_adaptations` ran (a CUDA run's parameters report CUDA names already).
     """
-    if device_is_cuda():
+    if not _STATE["cpu_applied"]:
         yield
         return
     original = torch.Tensor.type
@@ -340,39 +334,29 @@ def apply_megatron_fixes() -> None:
         # Imported inside a try block, so without TE the name is undefined (NameError later).
         moe_utils.te_general_gemm = None
 
-    if not _transformer_engine_available():
+    if importlib.import_module("megatron.core.utils").get_te_version() is None:
         bert_model = importlib.import_module("megatron.core.models.bert.bert_model")
         # is_te_min_version compares None with a Version when TE is absent.
         bert_model.is_te_min_version = lambda *args, **kwargs: False
     _patch_aux_loss_scale(moe_utils.MoEAuxLossAutoScaler)
     _patch_checkpoint_writer_processes()
-    bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
-    if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
-        # Without apex the BERT LM head's norm is torch's WrappedTorchNorm, which refuses sequence
-        # parallelism (needed for MoE with TP > 1); ours has the same signature and state-dict keys.
-        from megatron_evomoe.models.norm import LayerNorm
-
-        bert_lm_head.LNImpl = LayerNorm
     _STATE["fixes_applied"] = True
 
 
-def _transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def transformer_engine_available() -> bool:
-    """True when Transformer Engine imports (then the TE layer spec is used on GPU)."""
-    return _transformer_engine_available()
+def bert_lm_head_norm(norm_class: type) -> None:
+    """Without apex the BERT LM head's norm is torch's ``WrappedTorchNorm``, which refuses sequence
+    parallelism (needed for MoE with TP > 1): build it from ``norm_class`` (megatron's norm
+    constructor signature and state-dict keys) instead. With apex's fused norm, nothing changes."""
+    bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
+    if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
+        bert_lm_head.LNImpl = norm_class
 
 
 def apply_cpu_adaptations() -> None:
-    """Redirect megatron-core's CUDA-only sites to the CPU. A no-op on a CUDA machine."""
+    """Redirect megatron-core's CUDA-only sites to the CPU (call it on a CPU run only: the caller
+    knows the device, ``device.device_is_cuda``)."""
     apply_megatron_fixes()
-    if device_is_cuda() or _STATE["cpu_applied"]:
+    if _STATE["cpu_applied"]:
         return
     proxy = _CpuTorch()
     for name in _PROXIED_MODULES:

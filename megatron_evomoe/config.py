@@ -3,7 +3,8 @@
 ``ModelConfig`` *is* megatron-core's ``TransformerConfig`` (a subclass), extended by the options of
 this repository's MoE layer, so one object travels from the flags to every megatron module and to
 our routers and dispatchers. The other dataclasses hold what megatron-core has no place for
-(training loop, EvoMoE phases, router hyper-parameters). Flags are defined in ``arguments.py``.
+(training loop). A router's hyper-parameters are its own ``Config`` (``moe/routers/<name>.py``),
+held in ``ModelConfig.moe_router``. Flags are defined in ``arguments.py``.
 """
 
 from __future__ import annotations
@@ -14,102 +15,19 @@ from typing import Optional
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 # Defined beside the dispatchers (importable without megatron-core); re-exported here.
-from megatron_evomoe.moe.dispatch.options import DISPATCHER_TYPES, DispatchOptions  # noqa: F401
-
-ROUTER_TYPES = ("switch", "gshard", "base", "hash", "stablemoe", "dselectk", "dts")
-
-# The aux-loss coefficient each router's paper uses when --moe-aux-loss-coeff is not given.
-DEFAULT_AUX_LOSS_COEFF = {
-    "switch": 0.01,  # Fedus et al. 2021
-    "gshard": 0.01,  # Lepikhin et al. 2020 (as in fairseq/megatron)
-    "base": 0.0,  # BASE layers balance by construction: no aux loss
-    "hash": 0.0,  # fixed routing: nothing to balance
-    "stablemoe": 0.3,  # Dai et al. 2022, balance loss alpha
-    "dselectk": 0.0,  # DSelect-k has an entropy regulariser instead (dselectk_entropy_coeff)
-    "dts": 0.1,  # EvoMoE eq. 10, alpha = 0.1
-}
-
-
-@dataclass
-class RouterOptions:
-    """Hyper-parameters of the routers; each field names the router that reads it."""
-
-    router_type: str = "switch"
-    """Which router (``--moe-router-type``)."""
-    aux_loss_coeff: float = 0.01
-    """Coefficient of the router's balance loss (resolved from DEFAULT_AUX_LOSS_COEFF when unset)."""
-    jitter_eps: float = 0.0
-    """switch: multiplicative jitter noise U(1-eps, 1+eps) on the router input during training
-    (the flag's default is the Switch paper's 0.01, ``routers.switch.SWITCH_JITTER_EPS``)."""
-    gshard_random_routing: bool = True
-    """gshard: in training, send a token to its 2nd expert only if 2 * g2 > u, u ~ U(0, 1), with g2
-    normalised over the top-2 pair (GShard Algorithm 1; on by default)."""
-    base_auction_epsilon: float = 1e-4
-    """base: the auction's bid increment relative to the score range; the assignment's total score
-    is within T * epsilon * range of the optimum (smaller is more exact, may take more rounds)."""
-    base_auction_max_rounds: int = 10000
-    """base: cap on bidding rounds; afterwards the remaining tokens fill free slots greedily."""
-    hash_type: str = "random"
-    """hash: 'random' (a fixed random token->expert table per layer) or 'balanced' (built from
-    training-data token frequencies, most frequent tokens first into the emptiest expert)."""
-    hash_frequency_samples: int = 2000
-    """hash: training samples read to count token frequencies for the balanced hash."""
-    stablemoe_stage1_iters: int = 0
-    """stablemoe: iterations of stage 1 (routing learned and distilled); frozen afterwards."""
-    stablemoe_distill_coeff: float = 0.3
-    """stablemoe: weight of the distillation cross-entropy (mean over tokens)."""
-    stablemoe_distill_dim: int = 50
-    """stablemoe: size of the lightweight distilled router's word embedding."""
-    dselectk_gamma: float = 1.0
-    """dselectk: width of the smooth-step function (its polynomial region is [-gamma/2, gamma/2])."""
-    dselectk_entropy_coeff: float = 1e-3
-    """dselectk: weight of the selectors' entropy (mean over tokens) that drives them to be binary.
-    The official implementation uses 1e-6 on a *sum* over the batch; the flag's default is that
-    scale, 1e-6 x tokens per micro-batch (``routers.dselectk.official_entropy_coeff``)."""
-
-
-@dataclass
-class EvoMoEOptions:
-    """EvoMoE phases (paper sec. III): shared expert -> diversify -> DTS gate -> Top-1."""
-
-    shared_expert_iters: int = 0
-    """T_S: iterations that train the single shared expert before experts are spawned. This and
-    ``dts_anneal_iters`` / ``dts_top1_iter`` hold resolved values; their defaults (the paper's
-    fractions of --train-iters) come from ``moe.schedule.resolve_evomoe_phases`` alone."""
-    mask_ratio: float = 0.2
-    """Fraction of each spawned expert's weights set to zero by the diversify mask."""
-    mask_granularity: str = "element"
-    """'element' masks individual weights; 'neuron' masks whole hidden units of the FFN."""
-    optimizer_state: str = "masked_copy"
-    """Adam moments of spawned experts at T_S: 'masked_copy' of the shared expert's (default) or
-    'reset' to zero. megatron keeps one Adam step for all parameters, so after a reset the bias
-    correction does not restart and the first updates of the spawned experts are larger than a
-    fresh Adam's; masked_copy continues the shared expert's statistics, consistent with its weights."""
-    expert_diversify: bool = True
-    """False = ablation 'w/o expert-diversify': random experts and the DTS gate from iteration 0."""
-    gate_sparsify: bool = True
-    """False = ablation 'w/o gate-sparsify': after diversify, the Switch Top-1 gate instead of DTS."""
-    dts_threshold: float = 0.001
-    """c: experts whose gate weight is at most c are not computed for the token."""
-    dts_max_temperature: float = 2.0
-    dts_min_temperature: float = 0.3
-    dts_anneal_iters: int = 0
-    """Iterations over which tau goes from max to min, starting at T_S."""
-    dts_temperature_schedule: str = "linear"
-    """'linear', 'exponential' or 'cosine'."""
-    dts_top1_iter: int = 0
-    """T_D: from here the gate is Top-1 (T_S + dts_anneal_iters unless --dts-top1-iter)."""
-    dts_top1_noise: bool = False
-    """Keep gumbel noise in the Top-1 phase (training only), as Algorithm 2 does; off by default
-    (docs/routers.md says why)."""
+from megatron_evomoe.moe.dispatch.options import DispatchOptions  # noqa: F401
+from megatron_evomoe.moe.router_config import RouterConfig
 
 
 @dataclass
 class ModelConfig(TransformerConfig):
     """megatron-core's TransformerConfig plus this repository's MoE options."""
 
-    moe_router: RouterOptions = field(default_factory=RouterOptions)
-    evomoe: EvoMoEOptions = field(default_factory=EvoMoEOptions)
+    moe_router_type: str = "switch"
+    """Which router (``--moe-router-type``, a name of the registry in ``moe/routers/__init__.py``)."""
+    moe_router: RouterConfig = field(default_factory=RouterConfig)
+    """That router's ``Config`` (``router_class(moe_router_type).Config``), resolved for the run: its
+    hyper-parameters, defaults and phases. ``arguments.build_run_config`` sets both fields."""
     moe_dispatch: DispatchOptions = field(default_factory=DispatchOptions)
     moe_recompute: str = "none"
     """'none' or 'moe_aware' (save layer input and all-to-all boundaries, recompute the rest)."""
@@ -161,6 +79,8 @@ class TrainingConfig:
     log_json: Optional[str] = None
     log_routing_probe: int = 0
     """Validation tokens whose per-layer expert is logged at each log interval (0: off)."""
+    num_workers: int = 0
+    """DataLoader worker processes (--num-workers)."""
     seed: int = 1234
     max_skipped_iters: int = 10
     """Consecutive non-finite iterations after which training stops (with a checkpoint)."""

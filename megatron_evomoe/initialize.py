@@ -17,6 +17,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from megatron_evomoe import compat
+from megatron_evomoe.device import device_is_cuda
+from megatron_evomoe.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,15 @@ class ParallelLayout:
             self.expert_model_parallel_size,
         )
         if min(tp, pp, ep) < 1:
-            raise ValueError("parallel sizes must be >= 1")
+            raise InputError("parallel sizes must be >= 1")
         if world_size % (tp * pp) != 0:
-            raise ValueError(
+            raise InputError(
                 f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
                 f"--pipeline-model-parallel-size {pp}"
             )
         etp = self.expert_tensor_parallel_size or tp
         if world_size % (etp * ep * pp) != 0:
-            raise ValueError(
+            raise InputError(
                 f"world size {world_size} is not divisible by --expert-tensor-parallel-size {etp} x "
                 f"--expert-model-parallel-size {ep} x --pipeline-model-parallel-size {pp}"
             )
@@ -67,10 +69,10 @@ def initialize_distributed(timeout_minutes: int = 30) -> None:
     store = None
     if "MASTER_ADDR" not in os.environ:
         if world_size != 1:
-            raise ValueError("WORLD_SIZE > 1 needs MASTER_ADDR/MASTER_PORT (launch with torchrun)")
+            raise InputError("WORLD_SIZE > 1 needs MASTER_ADDR/MASTER_PORT (launch with torchrun)")
         # A world of one needs no rendezvous: an in-process store avoids racing for a TCP port.
         store = dist.HashStore()
-    if compat.device_is_cuda():
+    if device_is_cuda():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         backend = "nccl"
@@ -111,9 +113,17 @@ def set_seeds(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
 
 
+def adapt_megatron() -> None:
+    """megatron-core's fixes on every device, and its CUDA-only sites redirected on a CPU run."""
+    if device_is_cuda():
+        compat.apply_megatron_fixes()
+    else:
+        compat.apply_cpu_adaptations()
+
+
 def initialize(layout: ParallelLayout, seed: int, timeout_minutes: int = 30) -> None:
     """Everything a training script needs before it builds a model, in the order that works."""
-    compat.apply_cpu_adaptations()
+    adapt_megatron()
     initialize_distributed(timeout_minutes)
     initialize_model_parallel(layout)
     set_seeds(seed)

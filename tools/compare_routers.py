@@ -38,6 +38,7 @@ from megatron_evomoe.analysis.comparison_runner import subprocess_launcher
 from megatron_evomoe.analysis.router_suite import (
     MODEL_SIZES, PAPER_SEEDS, PROTOCOLS, protocol_variants, resolve_variants, split_available,
 )
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.routers import available_routers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     args, passthrough = parse(argv)
     try:
         variants, skipped = split_available(resolve_variants(args.routers, args.protocol), available_routers())
-    except ValueError as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     eval_interval = args.eval_interval or max(1, args.train_iters // 10)

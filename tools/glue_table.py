@@ -14,6 +14,7 @@ import sys
 
 from megatron_evomoe.data.glue.results import format_table, read_results
 from megatron_evomoe.data.glue.tasks import TABLE_ORDER
+from megatron_evomoe.errors import InputError
 
 
 def main(argv=None) -> int:
@@ -23,7 +24,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         records = [read_results(path) for path in args.results]
-    except ValueError as exc:
+    except InputError as exc:
         print(f"glue_table.py: error: {exc}", file=sys.stderr)
         return 1
     print(format_table(records, args.tasks))

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             workers=args.workers,
             log_interval=args.log_interval,
         )
-    except ValueError as err:  # flag validation
+    except DataInputError as err:  # flag validation
         print(f"preprocess_data.py: error: {err}", file=sys.stderr)
         return 1
     try:

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             lowercase=args.lowercase,
             min_frequency=args.min_frequency,
         )
-    except ValueError as err:  # flag validation
+    except DataInputError as err:  # flag validation
         print(f"train_tokenizer.py: error: {err}", file=sys.stderr)
         return 1
     try:

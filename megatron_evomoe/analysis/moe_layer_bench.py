@@ -22,7 +22,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from megatron_evomoe.arguments import build_run_config, parse_args
-from megatron_evomoe.models.layer_specs import dense_mlp_spec, moe_mlp_spec, use_transformer_engine
+from megatron_evomoe.device import use_transformer_engine
+from megatron_evomoe.models.layer_specs import dense_mlp_spec, moe_mlp_spec
 from megatron_evomoe.moe.activation_memory import SavedTensorMeter
 from megatron_evomoe.moe.router import RoutingState
 

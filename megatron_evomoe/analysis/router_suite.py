@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 from megatron_evomoe.moe.schedule import resolve_evomoe_phases
+from megatron_evomoe.errors import InputError
 
 PROTOCOLS = ("default", "paper")
 
@@ -164,7 +165,7 @@ ALIASES = {"dts": "evomoe"}
 def protocol_variants(protocol: str) -> Dict[str, Variant]:
     """The variants of ``protocol`` (``default`` or ``paper``) by name, in table order."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown --protocol {protocol!r} (choose from {list(PROTOCOLS)})")
+        raise InputError(f"unknown --protocol {protocol!r} (choose from {list(PROTOCOLS)})")
     return PAPER_VARIANTS if protocol == "paper" else VARIANTS
 
 
@@ -210,7 +211,7 @@ def resolve_variants(names: Sequence[str], protocol: str = "default") -> List[Va
     wanted = {ALIASES.get(n, n) for n in names}
     unknown = wanted - set(variants)
     if unknown:
-        raise ValueError(f"unknown --routers {sorted(unknown)} (choose from {list(variants)})")
+        raise InputError(f"unknown --routers {sorted(unknown)} (choose from {list(variants)})")
     return [v for name, v in variants.items() if name in wanted]
 
 

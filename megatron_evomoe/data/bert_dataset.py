@@ -45,7 +45,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_evomoe.data.errors import DataInputError
-from megatron_evomoe.data.gpt_dataset import GPTDataConfig, data_config_from_args
+from megatron_evomoe.data.gpt_dataset import GPTDataConfig, require_data
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,11 @@ class BertDataConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
+            raise DataInputError(f"--mask-prob must be in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+            raise DataInputError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
         if self.sources.seq_length < 5:
-            raise ValueError(f"--seq-length must be >= 5 for BERT samples, got {self.sources.seq_length}")
+            raise DataInputError(f"--seq-length must be >= 5 for BERT samples, got {self.sources.seq_length}")
 
     @property
     def min_sentences(self) -> int:
@@ -91,14 +91,15 @@ class BertDataConfig:
         return 2 if self.binary_head else 1
 
 
-def bert_data_config_from_args(args) -> BertDataConfig:
-    """Map the parsed flags (data flags + --seq-length/--seed + the BERT flags) to a BertDataConfig."""
+def bert_data_config(sources: Optional[GPTDataConfig], options) -> BertDataConfig:
+    """The BERT data config from the data flags (``RunConfig.data``) and the BERT flags
+    (``RunConfig.bert``, a ``bert_arguments.BertOptions``)."""
     return BertDataConfig(
-        sources=data_config_from_args(args),
-        mask_prob=args.mask_prob,
-        short_seq_prob=args.short_seq_prob,
-        binary_head=args.bert_binary_head,
-        whole_word_masking=args.mask_whole_words,
+        sources=require_data(sources),
+        mask_prob=options.mask_prob,
+        short_seq_prob=options.short_seq_prob,
+        binary_head=options.binary_head,
+        whole_word_masking=options.mask_whole_words,
     )
 
 

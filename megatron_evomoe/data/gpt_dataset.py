@@ -116,7 +116,7 @@ class GPTDataConfig:
 
     def __post_init__(self) -> None:
         if self.seq_length < 1:
-            raise ValueError(f"--seq-length must be >= 1, got {self.seq_length}")
+            raise DataInputError(f"--seq-length must be >= 1, got {self.seq_length}")
         for name, flag in PATH_FLAGS.items():
             value = getattr(self, name)
             if value is None:
@@ -127,15 +127,13 @@ class GPTDataConfig:
             _parse_blend(value, flag)
         per_split = any(getattr(self, name) is not None for name in list(PATH_FLAGS)[1:])
         if self.data_path is None and not per_split:
-            raise ValueError(
-                "no training data: give --data-path, or --train-data-path/--valid-data-path/--test-data-path"
-            )
+            raise DataInputError(NO_TRAINING_DATA)
         if self.data_path is not None and per_split:
-            raise ValueError(
+            raise DataInputError(
                 "--data-path excludes --train-data-path/--valid-data-path/--test-data-path: give one or the other"
             )
         if not _SPLIT_PATTERN.match(self.split) or sum(float(x) for x in self.split.split(",")) <= 0:
-            raise ValueError(
+            raise DataInputError(
                 f"--split must be 1 to 3 comma-separated non-negative numbers with a positive sum "
                 f"(e.g. 969,30,1), got {self.split!r}"
             )
@@ -187,6 +185,21 @@ class GPTDataConfig:
             if getattr(self, name) is not None:
                 found.extend((prefix, flag) for prefix in _parse_blend(getattr(self, name), flag)[0])
         return found
+
+
+NO_TRAINING_DATA = "no training data: give --data-path, or --train-data-path/--valid-data-path/--test-data-path"
+
+
+def gives_data_path(args) -> bool:
+    """Whether the parsed flags name any data (--data-path or a per-split path)."""
+    return any(getattr(args, name, None) is not None for name in PATH_FLAGS)
+
+
+def require_data(config: Optional[GPTDataConfig]) -> GPTDataConfig:
+    """``config``, or the one-line error of a run that names no data (``RunConfig.data`` is None)."""
+    if config is None:
+        raise DataInputError(NO_TRAINING_DATA)
+    return config
 
 
 def data_seed(args) -> int:
@@ -304,16 +317,16 @@ def _always() -> bool:
 
 def _parse_blend(values: Sequence[str], flag: str) -> Blend:
     if len(values) == 0:
-        raise ValueError(f"{flag} was given without any data prefix")
+        raise DataInputError(f"{flag} was given without any data prefix")
     prefixes, weights = get_blend_from_list(list(values))
     if weights is None and len(prefixes) > 1 and any(_is_number(p) for p in prefixes):
-        raise ValueError(
+        raise DataInputError(
             f"{flag}: weights and prefixes must alternate, 'W1 PREFIX1 W2 PREFIX2 ...'; got {list(values)}"
         )
     if weights is not None and not all(math.isfinite(w) and w > 0 for w in weights):
-        raise ValueError(f"{flag}: blend weights must be positive numbers, got {weights}")
+        raise DataInputError(f"{flag}: blend weights must be positive numbers, got {weights}")
     if any(not p for p in prefixes):
-        raise ValueError(f"{flag}: empty data prefix in {list(values)}")
+        raise DataInputError(f"{flag}: empty data prefix in {list(values)}")
     return prefixes, weights
 
 

@@ -94,16 +94,16 @@ class PreprocessConfig:
         if isinstance(self.input, str):
             self.input = [self.input]
         if not self.input:
-            raise ValueError("--input: give at least one file, directory or glob")
+            raise DataInputError("--input: give at least one file, directory or glob")
         if not self.output_prefix:
-            raise ValueError("--output-prefix must not be empty")
+            raise DataInputError("--output-prefix must not be empty")
         if not self.json_keys or any(not k for k in self.json_keys):
-            raise ValueError(f"--json-keys must be non-empty key names, got {self.json_keys!r}")
+            raise DataInputError(f"--json-keys must be non-empty key names, got {self.json_keys!r}")
         if len(set(self.json_keys)) != len(self.json_keys):
-            raise ValueError(f"--json-keys has duplicates: {self.json_keys!r}")
+            raise DataInputError(f"--json-keys has duplicates: {self.json_keys!r}")
         for name in ("workers", "chunksize", "log_interval", "punkt_train_chars"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise DataInputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def output_prefix_for(self, key: str) -> str:
         """The IndexedDataset prefix written for one JSON key."""

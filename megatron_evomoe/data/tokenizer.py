@@ -243,7 +243,7 @@ def padded_vocab_size(
         ("tensor_model_parallel_size", tensor_model_parallel_size),
     ):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise DataInputError(f"{name} must be a positive integer, got {value!r}")
     multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
     return -(-vocab_size // multiple) * multiple
 

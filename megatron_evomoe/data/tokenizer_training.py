@@ -70,18 +70,18 @@ class TokenizerTrainingConfig:
         if isinstance(self.input, str):
             self.input = [self.input]
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"--type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+            raise DataInputError(f"--type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"--input-format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+            raise DataInputError(f"--input-format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
         minimum = _BYTE_ALPHABET_SIZE + 1 if self.model_type == "bpe" else len(BERT_SPECIAL_TOKENS) + 1
         if self.vocab_size < minimum:
-            raise ValueError(f"--vocab-size must be >= {minimum} for {self.model_type}, got {self.vocab_size}")
+            raise DataInputError(f"--vocab-size must be >= {minimum} for {self.model_type}, got {self.vocab_size}")
         if self.min_frequency < 1:
-            raise ValueError(f"--min-frequency must be >= 1, got {self.min_frequency}")
+            raise DataInputError(f"--min-frequency must be >= 1, got {self.min_frequency}")
         if self.lowercase and self.model_type != "wordpiece":
-            raise ValueError("--lowercase applies to --type wordpiece only (byte-level BPE is case-preserving)")
+            raise DataInputError("--lowercase applies to --type wordpiece only (byte-level BPE is case-preserving)")
         if not self.json_keys:
-            raise ValueError("--json-keys must name at least one key")
+            raise DataInputError("--json-keys must name at least one key")
 
     @property
     def megatron_tokenizer_type(self) -> str:

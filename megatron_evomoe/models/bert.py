@@ -4,7 +4,7 @@ Why a subclass of megatron's ``BertModel`` (and not the class itself):
 
 * routing token ids must reach every MoE layer (hash / StableMoE routers). megatron's
   ``BertModel.forward`` calls its encoder without ``padding_mask``; :meth:`BertMoEModel.encode`
-  passes the ``[b, s]`` token ids there, exactly as ``GPTModel`` does (``models/token_ids.py``);
+  passes the ``[b, s]`` token ids there, exactly as ``GPTModel`` does (``moe/token_ids.py``);
 * the MLM step also reports accuracy, which needs the vocabulary-parallel logits, not only the loss
   that ``BertModel.forward`` returns;
 * megatron's attention-mask sanity check expects a single-layer spec, while ours is a block spec
@@ -27,9 +27,12 @@ from megatron.core import parallel_state
 from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.enums import AttnMaskType
 
+from megatron_evomoe import compat
 from megatron_evomoe.config import ModelConfig
+from megatron_evomoe.device import use_transformer_engine
 from megatron_evomoe.models.init import initialize_parameters
-from megatron_evomoe.models.layer_specs import decoder_block_spec, use_transformer_engine
+from megatron_evomoe.models.layer_specs import decoder_block_spec
+from megatron_evomoe.models.norm import LayerNorm
 
 
 @dataclass
@@ -173,6 +176,7 @@ def build_bert_model(
     """A BERT-MoE encoder (bidirectional, padding mask) for this pipeline stage, initialised
     layout-independently. ``model_class``/``model_kwargs`` build subclasses (the GLUE classifier)."""
     spec = decoder_block_spec(config, use_transformer_engine(), AttnMaskType.padding, vp_stage)
+    compat.bert_lm_head_norm(LayerNorm)  # without apex: a norm that supports sequence parallelism
     model = model_class(
         config, spec, add_binary_head=add_binary_head, pre_process=pre_process,
         post_process=post_process, vp_stage=vp_stage, **model_kwargs,

@@ -9,8 +9,9 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.enums import AttnMaskType
 
 from megatron_evomoe.config import ModelConfig
+from megatron_evomoe.device import use_transformer_engine
 from megatron_evomoe.models.init import initialize_parameters
-from megatron_evomoe.models.layer_specs import decoder_block_spec, use_transformer_engine
+from megatron_evomoe.models.layer_specs import decoder_block_spec
 
 
 def build_gpt_model(
@@ -37,7 +38,7 @@ def gpt_forward(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Run ``model`` on a batch; returns per-token LM losses ``[b, s]`` on the last stage.
 
     Token ids also go to the MoE layers (hash / StableMoE routing) through ``padding_mask``;
-    see ``models/token_ids.py``.
+    see ``moe/token_ids.py``.
     """
     return model(
         batch["tokens"],

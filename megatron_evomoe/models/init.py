@@ -11,31 +11,18 @@ checkpoints use) is generated from a generator seeded by (seed, key) -- per expe
 axis, so a rank draws only its own experts -- and the rank keeps its slice. Layer norms are
 ones/zeros and biases zeros, as in megatron-core; output projections (``linear_proj``,
 ``linear_fc2``) use the config's ``output_layer_init_method``; other weights ``init_method``. A module
-may give a parameter its own rule with :func:`set_init_rule`.
+may give a parameter its own rule with :func:`megatron_evomoe.seeding.set_init_rule`.
 """
 
 from __future__ import annotations
 
-import zlib
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from megatron_evomoe.config import ModelConfig
-
-InitRule = Callable[[torch.Tensor], None]
-_RULE_ATTR = "layout_invariant_init"
-
-
-def set_init_rule(param: torch.nn.Parameter, rule: InitRule) -> None:
-    """Give ``param`` a custom in-place initialiser of its (full, unsharded) tensor."""
-    setattr(param, _RULE_ATTR, rule)
-
-
-def _stable_seed(seed: int, *parts) -> int:
-    text = "|".join(str(p) for p in (seed, *parts))
-    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+from megatron_evomoe.seeding import InitRule, init_rule, stable_seed
 
 
 def _default_rule(key: str, config: ModelConfig) -> InitRule:
@@ -77,17 +64,17 @@ def initialize_parameters(model: torch.nn.Module, config: ModelConfig, seed: Opt
         if sh_ten.flattened_range is not None:
             continue
         seen.add(id(param))
-        rule = getattr(param, _RULE_ATTR, None) or _default_rule(sh_ten.key, config)
+        rule = init_rule(param) or _default_rule(sh_ten.key, config)
         prepend = sh_ten.prepend_axis_num
         inner_shape = sh_ten.global_shape[prepend:]
         with torch.no_grad():
             if prepend == 0:
-                full = _draw(rule, inner_shape, _stable_seed(seed, sh_ten.key))
+                full = _draw(rule, inner_shape, stable_seed(seed, sh_ten.key))
                 param.copy_(_local_block(sh_ten, full, 0).to(param.dtype))
             else:
                 # Prepended axes index experts: draw each local expert by its global index.
                 expert = sh_ten.global_offset[:prepend]
-                full = _draw(rule, inner_shape, _stable_seed(seed, sh_ten.key, *expert))
+                full = _draw(rule, inner_shape, stable_seed(seed, sh_ten.key, *expert))
                 param.copy_(_local_block(sh_ten, full, prepend).view_as(param).to(param.dtype))
         drawn += 1
     return drawn

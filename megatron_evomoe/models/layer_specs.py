@@ -29,18 +29,12 @@ from megatron.core.transformer.transformer_layer import (
     get_transformer_layer_offset,
 )
 
-from megatron_evomoe import compat
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.attention import SDPACoreAttention
 from megatron_evomoe.models.norm import LayerNorm
 from megatron_evomoe.moe.experts import OutputScaledSequentialMLP
 from megatron_evomoe.moe.layer import MoELayer
 from megatron_evomoe.moe.routers import router_class
-
-
-def use_transformer_engine() -> bool:
-    """TE specs only on CUDA with Transformer Engine installed."""
-    return compat.device_is_cuda() and compat.transformer_engine_available()
 
 
 class _LocalBackend(LocalSpecProvider):
@@ -81,7 +75,7 @@ def moe_mlp_spec(config: ModelConfig, use_te: bool) -> ModuleSpec:
         expert_module = OutputScaledSequentialMLP
     experts = ModuleSpec(module=expert_module, submodules=expert_submodules)
     shared = None
-    if config.moe_router.router_type == "dts" and config.evomoe.expert_diversify:
+    if config.moe_router.needs_shared_expert():
         shared = ModuleSpec(
             module=MLP,
             submodules=MLPSubmodules(
@@ -91,7 +85,7 @@ def moe_mlp_spec(config: ModelConfig, use_te: bool) -> ModuleSpec:
     return ModuleSpec(
         module=MoELayer,
         submodules=MoESubmodules(
-            experts=experts, shared_experts=shared, router=router_class(config.moe_router.router_type)
+            experts=experts, shared_experts=shared, router=router_class(config.moe_router_type)
         ),
     )
 

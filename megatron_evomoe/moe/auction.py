@@ -41,11 +41,6 @@ def expert_capacity_exact(num_tokens: int, num_experts: int) -> int:
     return int(math.ceil(num_tokens / num_experts))
 
 
-def assignment_score(scores: torch.Tensor, expert: torch.Tensor) -> float:
-    """Total score ``sum_t scores[t, expert[t]]`` of an assignment (float64)."""
-    return float(scores.double().gather(1, expert.view(-1, 1)).sum())
-
-
 @torch.no_grad()
 def balanced_assignment(
     scores: torch.Tensor, epsilon: float = 1e-4, max_rounds: int = 10000

@@ -5,8 +5,11 @@ Switch (Fedus et al. 2021, eq. 4) and EvoMoE (eq. 10) share one form,
     loss = alpha * N * sum_i (count_i / T) * (sum_x p_i(x) / T),
 
 and differ only in what is counted: Switch counts the tokens whose top-1 is expert i; EvoMoE counts
-the tokens whose (thresholded) gate weight g_i is > 0, i.e. every expert a token visits. The counts
-carry no gradient; the gradient flows through the summed probabilities.
+the tokens whose (thresholded) gate weight g_i is > 0, i.e. every expert a token visits. GShard
+(Lepikhin et al. 2020, Algorithm 1) is the same form with the *first* choices of its top-2 gate
+counted: the paper's l_aux = (1/E) sum_e (c_e / S) * m_e scaled by E^2 so that uniform routing gives
+1 (fairseq / megatron convention; the coefficient 0.01 refers to this scale). The counts carry no
+gradient; the gradient flows through the summed probabilities.
 
 Under sequence parallelism each rank passes its *local* probability sums together with the
 *global* counts and token total: the per-rank losses then add up to the loss of the whole sequence,
@@ -38,27 +41,6 @@ def count_weighted_balance_loss(
     num_experts = probs_sum.numel()
     fraction = counts.detach().to(probs_sum.dtype) / num_tokens
     return coeff * num_experts * torch.sum(fraction * probs_sum / num_tokens)
-
-
-def switch_balance_loss(probs: torch.Tensor, top1_map: torch.Tensor, coeff: float) -> torch.Tensor:
-    """Switch Transformer loss for one unsplit batch: ``probs`` ``[T, E]`` softmax, ``top1_map`` bool."""
-    return count_weighted_balance_loss(probs.sum(0), top1_map.sum(0), probs.shape[0], coeff)
-
-
-def evomoe_balance_loss(gate: torch.Tensor, kept_map: torch.Tensor, coeff: float) -> torch.Tensor:
-    """EvoMoE eq. 10 for one unsplit batch: ``gate`` ``[T, E]`` = g', ``kept_map`` = (g_i > 0)."""
-    return count_weighted_balance_loss(gate.sum(0), kept_map.sum(0), gate.shape[0], coeff)
-
-
-def gshard_balance_loss(probs: torch.Tensor, first_choice_map: torch.Tensor, coeff: float) -> torch.Tensor:
-    """GShard (Lepikhin et al. 2020, Algorithm 1) for one unsplit group of tokens.
-
-    The paper's l_aux = (1/E) sum_e (c_e / S) * m_e, with c_e the tokens whose *first* choice is e
-    (counted before capacity) and m_e the mean gate of e, is scaled here by E^2 so that uniform
-    routing gives 1 (fairseq / megatron convention; the coefficient 0.01 refers to this scale).
-    That is the Switch form with top-1 counts of a top-2 gate.
-    """
-    return count_weighted_balance_loss(probs.sum(0), first_choice_map.sum(0), probs.shape[0], coeff)
 
 
 def stablemoe_balance_loss(

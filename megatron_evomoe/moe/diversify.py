@@ -15,22 +15,24 @@ are identical whatever the EP/TP layout.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import TYPE_CHECKING, List, Tuple
 
 import torch
 
-from megatron_evomoe.config import EvoMoEOptions
+from megatron_evomoe.errors import InputError
+from megatron_evomoe.seeding import seeded_generator
+
+if TYPE_CHECKING:
+    from megatron_evomoe.moe.routers.dts import DTSRouter
 
 
 def _generator(seed: int, *parts) -> torch.Generator:
-    text = "|".join(str(p) for p in ("diversify", seed, *parts))
-    return torch.Generator().manual_seed(zlib.crc32(text.encode()) & 0x7FFFFFFF)
+    return seeded_generator("diversify", seed, *parts)
 
 
 def expert_masks(
-    ffn_hidden_size: int, hidden_size: int, options: EvoMoEOptions, seed: int, layer_number: int, expert_index: int
+    ffn_hidden_size: int, hidden_size: int, options: DTSRouter.Config, seed: int, layer_number: int, expert_index: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Keep-masks (True = keep) of one expert's full ``fc1 [f, h]`` and ``fc2 [h, f]`` weights."""
     ratio = options.mask_ratio
@@ -41,7 +43,7 @@ def expert_masks(
     if options.mask_granularity == "neuron":
         units = torch.rand(ffn_hidden_size, generator=_generator(seed, layer_number, expert_index, "units")) >= ratio
         return units[:, None].expand(ffn_hidden_size, hidden_size), units[None, :].expand(hidden_size, ffn_hidden_size)
-    raise ValueError(f"unknown --evomoe-mask-granularity {options.mask_granularity!r}")
+    raise InputError(f"unknown --evomoe-mask-granularity {options.mask_granularity!r}")
 
 
 def expert_weights(experts: torch.nn.Module, local_index: int) -> Tuple[torch.nn.Parameter, torch.nn.Parameter]:
@@ -66,7 +68,7 @@ class SpawnedWeight:
 
 
 @torch.no_grad()
-def spawn_experts(layer, options: EvoMoEOptions, seed: int, tp_rank: int, tp_size: int) -> List[SpawnedWeight]:
+def spawn_experts(layer, options: DTSRouter.Config, seed: int, tp_rank: int, tp_size: int) -> List[SpawnedWeight]:
     """Overwrite ``layer``'s local experts with masked copies of its shared expert.
 
     Args:

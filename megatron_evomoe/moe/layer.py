@@ -12,7 +12,7 @@ all-to-alls run once.
 
 Routing token ids arrive in megatron's ``padding_mask`` argument: megatron-core threads that tensor
 unchanged from ``GPTModel.forward`` to every MLP call, through activation recomputation and on every
-pipeline stage (see ``models/token_ids.py``).
+pipeline stage (see ``moe/token_ids.py``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_de
 from megatron.core.transformer.spec_utils import build_module
 
 from megatron_evomoe.config import ModelConfig
-from megatron_evomoe.models.token_ids import routing_token_ids
+from megatron_evomoe.moe.token_ids import routing_token_ids
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.dispatch.base import build_dispatcher
 from megatron_evomoe.moe.dispatch.replay import REPLAY, recompute_phase
-from megatron_evomoe.moe.recompute import MoERecompute
-from megatron_evomoe.moe.router import RoutingState
-from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
+from megatron_evomoe.moe.recompute import SEGMENTS, MoERecompute, moe_recompute_scope
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.stats import RoutingStats
+from megatron_evomoe.errors import InputError
 
 
 class MoELayer(MegatronModule):
@@ -60,7 +60,7 @@ class MoELayer(MegatronModule):
         self.pg_collection = pg_collection
         ep_size, ep_rank = pg_collection.ep.size(), pg_collection.ep.rank()
         if config.num_moe_experts % ep_size != 0:
-            raise ValueError(
+            raise InputError(
                 f"--num-experts {config.num_moe_experts} is not divisible by "
                 f"--expert-model-parallel-size {ep_size}"
             )
@@ -88,12 +88,8 @@ class MoELayer(MegatronModule):
             )
         self.dense_phase = False
         self.stats = RoutingStats(config.num_moe_experts, self.router.LOSS_NAMES)
-        # moe_aware alone: the route and expert segments are recomputed in backward; the
-        # dispatcher's all-to-alls sit between them and never re-run (moe/recompute.py). Under
-        # megatron's full recomputation the whole layer is recomputed anyway and moe_aware means
-        # replaying the all-to-alls instead (moe/dispatch/replay.py).
-        full = config.recompute_granularity == "full"
-        self.recompute = MoERecompute("none" if full else config.moe_recompute)
+        segments = moe_recompute_scope(config) == SEGMENTS  # else none, or the dispatcher replays
+        self.recompute = MoERecompute("moe_aware" if segments else "none")
 
     def set_layer_number(self, layer_number: int) -> None:
         """Called by megatron's TransformerLayer after construction."""
@@ -101,8 +97,8 @@ class MoELayer(MegatronModule):
         self.router.set_layer_number(layer_number)
 
     def set_routing_state(self, state: RoutingState) -> None:
-        """Phase / temperature for the coming step (from the EvoMoE controller)."""
-        self.dense_phase = self.shared_expert is not None and state.phase == EXPERT_DIVERSIFY
+        """Phase / temperature for the coming step (from the phase controller)."""
+        self.dense_phase = self.shared_expert is not None and self.config.moe_router.shared_expert_stage(state)
         self.router.set_routing_state(state)
 
     def forward(self, hidden_states: torch.Tensor, padding_mask: Optional[torch.Tensor] = None):
@@ -110,7 +106,9 @@ class MoELayer(MegatronModule):
         if self.dense_phase:
             return self._forward_shared_expert(hidden_states)
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
-        token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
+        token_ids = None
+        if self.router.NEEDS_TOKEN_IDS:  # the ids ride in padding_mask (megatron-core 0.16.x; moe/token_ids.py)
+            token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
         probs, routing_map, num_selected, aux_loss, logged_losses = self.recompute(self._route, tokens, token_ids)
         expert_input, tokens_per_expert, expert_probs = self.dispatcher.dispatch(tokens, probs, routing_map)
         expert_output = self.recompute(self._compute_experts, expert_input, tokens_per_expert, expert_probs)

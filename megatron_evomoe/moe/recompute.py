@@ -43,16 +43,33 @@ from typing import Any, Callable
 
 import torch
 from torch.utils import _pytree as pytree
+from megatron_evomoe.errors import InputError
 
 RECOMPUTE_MODES = ("none", "moe_aware")
+
+NO_RECOMPUTE, SEGMENTS, REPLAY_EXCHANGES = "none", "segments", "replay"
+
+
+def moe_recompute_scope(config) -> str:
+    """What ``--moe-recompute`` means in this configuration; the MoE layer and its dispatcher both ask here.
+
+    ``segments`` (moe_aware alone): the router and expert segments of the MoE layer are recomputed in
+    backward (:class:`MoERecompute`); the all-to-alls sit between them and run once. ``replay``
+    (moe_aware with ``--recompute-granularity full``, the paper's): megatron recomputes whole layers
+    and the all-to-alls hand back their recorded results instead of communicating
+    (``moe/dispatch/replay.py``). ``none`` otherwise.
+    """
+    if getattr(config, "moe_recompute", "none") != "moe_aware":
+        return NO_RECOMPUTE
+    return REPLAY_EXCHANGES if getattr(config, "recompute_granularity", None) == "full" else SEGMENTS
 
 
 def _rng_states():
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    from megatron_evomoe import compat
+    from megatron_evomoe.device import device_is_cuda
 
-    cuda = torch.cuda.get_rng_state() if compat.device_is_cuda() else None
+    cuda = torch.cuda.get_rng_state() if device_is_cuda() else None
     return torch.get_rng_state(), cuda, get_cuda_rng_tracker().get_states()
 
 
@@ -177,7 +194,7 @@ class MoERecompute:
 
     def __post_init__(self) -> None:
         if self.mode not in RECOMPUTE_MODES:
-            raise ValueError(f"--moe-recompute {self.mode!r} is not one of {RECOMPUTE_MODES}")
+            raise InputError(f"--moe-recompute {self.mode!r} is not one of {RECOMPUTE_MODES}")
 
     def __call__(self, fn: Callable, *args: Any) -> Any:
         if self.mode == "moe_aware":

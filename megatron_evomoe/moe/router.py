@@ -4,15 +4,20 @@ A router maps the tokens of one micro-batch on this rank to a :class:`RoutingDec
 weight per (token, expert) and a boolean routing map. A token may go to 0..E experts (the DTS gate
 is content based), so nothing here assumes a fixed k. Routers never move tokens between ranks; they
 may all-reduce *statistics* over the sequence-parallel group so that losses equal those of the
-unsplit sequence. Phase and temperature come from the EvoMoE controller through
+unsplit sequence. Phase and temperature come from the phase controller through
 :meth:`Router.set_routing_state`, never from the iteration counter inside ``forward``.
+
+A router class is everything the rest of the code knows about that router: its ``Config``
+(hyper-parameters, flags, run-dependent defaults, phases; ``moe/router_config.py``) and the class
+attributes below (losses it logs, what it needs, its gate FLOPs). Adding a router is one file under
+``moe/routers/`` and one line in the registry (``moe/routers/__init__.py``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,6 +28,7 @@ from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.moe.balance import count_weighted_balance_loss
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
 
 
 @dataclass
@@ -45,35 +51,26 @@ class RoutingDecision:
     logged_losses: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RoutingState:
-    """Per-step state pushed by the phase controller before each optimizer step.
-
-    Attributes:
-        iteration: the optimizer step about to run (0-based).
-        phase: router-specific phase name (EvoMoE: ``expert_diversify``, ``gate_sparsify``,
-            ``top1``; StableMoE: ``stage1``, ``stage2``; others: ``sparse``).
-        temperature: gate temperature (EvoMoE's tau); 1.0 where unused.
-    """
-
-    iteration: int = 0
-    phase: str = "sparse"
-    temperature: float = 1.0
-
-
 class Router(MegatronModule, ABC):
     """Base class: owns the expert count, the sequence-parallel group and the routing state."""
+
+    Config = RouterConfig
+    """The router's hyper-parameters and phases (each router nests its own subclass)."""
 
     LOSS_NAMES: tuple = ("balance",)
     """Names of the entries this router puts in ``RoutingDecision.logged_losses`` (fixed per class,
     so every rank reduces the same table even when a pipeline stage holds no MoE layer)."""
+
+    NEEDS_TOKEN_IDS: bool = False
+    """Whether ``forward`` routes by token id (the ids reach it through megatron's ``padding_mask``,
+    ``moe/token_ids.py``)."""
 
     def __init__(self, config: ModelConfig, pg_collection: Optional[ProcessGroupCollection] = None):
         super().__init__(config)
         if pg_collection is None:
             pg_collection = get_default_pg_collection()
         self.num_experts: int = config.num_moe_experts
-        self.options = config.moe_router
+        self.options = config.moe_router  # this router's Config
         self.tp_group = pg_collection.tp
         self.ep_group = pg_collection.ep
         self.layer_number: Optional[int] = None
@@ -95,6 +92,11 @@ class Router(MegatronModule, ABC):
         """
         return 2.0 * config.hidden_size * config.num_moe_experts
 
+    @classmethod
+    def architecture_meta(cls, config: ModelConfig) -> Dict[str, Any]:
+        """This router's flags that change a parameter's shape (a checkpoint must agree on them)."""
+        return {}
+
     FIXED_TOPK: bool = True
     """Whether every token selects ``moe_router_topk`` experts (capacity is then sized from T * k,
     as Switch and GShard define it); False for content-based gates whose tokens visit a varying
@@ -102,6 +104,10 @@ class Router(MegatronModule, ABC):
 
     NEEDS_TOKEN_COUNTS: bool = False
     """True for routers that are built from training-data token frequencies (balanced hash)."""
+
+    def token_count_samples(self) -> int:
+        """Training samples whose token counts :meth:`prepare_from_data` wants."""
+        return 0
 
     def prepare_from_data(self, token_counts: torch.Tensor) -> None:
         """Receive ``[vocab]`` token counts of the training data before the first step.

@@ -1,8 +1,9 @@
-"""Temperature and phase schedules: pure functions of the iteration (so resume is exact).
+"""EvoMoE's temperature and phase schedule: pure functions of the iteration (so resume is exact).
 
 EvoMoE (paper sec. III-C): stage 1 [0, T_S) trains the shared expert; at T_S experts are spawned
 and the DTS gate starts with tau = max; tau anneals to min over ``anneal_iters``; from T_D the gate is
-Top-1. The temperature is updated once per optimizer step (never per micro-batch).
+Top-1. The temperature is updated once per optimizer step (never per micro-batch). The DTS router's
+``Config`` (``moe/routers/dts.py``) holds the options and calls these functions.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-if TYPE_CHECKING:  # importing the config pulls in megatron-core; tools that only plan runs need not
-    from megatron_evomoe.config import EvoMoEOptions
+from megatron_evomoe.errors import InputError
+
+if TYPE_CHECKING:  # the router pulls in megatron-core; tools that only plan runs need not
+    from megatron_evomoe.moe.routers.dts import DTSRouter
 
 EXPERT_DIVERSIFY = "expert_diversify"
 GATE_SPARSIFY = "gate_sparsify"
 TOP1 = "top1"
-SPARSE = "sparse"
-STABLEMOE_STAGE1 = "stage1"
-STABLEMOE_STAGE2 = "stage2"
 
 
 SHARED_EXPERT_PERCENT = 5
@@ -97,10 +97,10 @@ def anneal_temperature(step: int, anneal_iters: int, max_temp: float, min_temp: 
         return max_temp * (min_temp / max_temp) ** progress
     if schedule == "cosine":
         return min_temp + (max_temp - min_temp) * (1.0 + math.cos(math.pi * progress)) / 2.0
-    raise ValueError(f"unknown --dts-temperature-schedule {schedule!r}")
+    raise InputError(f"unknown --dts-temperature-schedule {schedule!r}")
 
 
-def evomoe_phase(iteration: int, options: EvoMoEOptions) -> str:
+def evomoe_phase(iteration: int, options: DTSRouter.Config) -> str:
     """Phase of step ``iteration`` (0-based): expert_diversify, gate_sparsify or top1."""
     if options.expert_diversify and iteration < options.shared_expert_iters:
         return EXPERT_DIVERSIFY
@@ -109,7 +109,7 @@ def evomoe_phase(iteration: int, options: EvoMoEOptions) -> str:
     return TOP1 if iteration >= options.dts_top1_iter else GATE_SPARSIFY
 
 
-def evomoe_temperature(iteration: int, options: EvoMoEOptions) -> float:
+def evomoe_temperature(iteration: int, options: DTSRouter.Config) -> float:
     """tau of step ``iteration``; annealing starts when the gate starts (T_S, or 0 without stage 1).
 
     In the "w/o gate-sparsify" ablation the gate is Switch's plain softmax: tau = 1.
@@ -126,7 +126,7 @@ def evomoe_temperature(iteration: int, options: EvoMoEOptions) -> float:
     )
 
 
-def diversify_iteration(options: EvoMoEOptions) -> int | None:
+def diversify_iteration(options: DTSRouter.Config) -> int | None:
     """The step before which experts are spawned (T_S), or None when stage 1 is skipped."""
     if not options.expert_diversify:
         return None

@@ -33,6 +33,7 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.module import Float16Module
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.training import checkpoint_files
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 META_FILE = "run_meta.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint is missing, incomplete, corrupt or does not fit the model being trained."""
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from megatron_evomoe import compat
+from megatron_evomoe.errors import InputError
 
 
 class MicroBatchSampler:
@@ -22,7 +23,7 @@ class MicroBatchSampler:
 
     def __init__(self, num_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
         if num_samples <= 0:
-            raise ValueError("the dataset has no samples")
+            raise InputError("the dataset has no samples")
         self.num_samples = num_samples
         self.consumed_samples = consumed_samples
         self.micro_batch_size = micro_batch_size

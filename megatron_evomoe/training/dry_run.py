@@ -6,8 +6,8 @@ NNODES x GPUS_PER_NODE in dry-run mode), flags are validated against it by ``bui
 (the entry script did that before calling here), and the model is *built* by the task's own
 ``build_model`` on PyTorch's meta device (no memory, no initialisation cost) with TP = PP = EP = 1 in
 a private world of one gloo process. Building validates the layer specs for this config and gives
-exact parameter counts for every model family and router; ``analysis/param_inventory.py`` splits
-them per pipeline stage / TP / EP, ``analysis/memory_estimate.py`` turns them into bytes (its
+exact parameter counts for every model family and router; ``param_inventory.py`` splits
+them per pipeline stage / TP / EP, ``memory_estimate.py`` turns them into bytes (its
 docstring has the formula).
 """
 
@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_evomoe import compat
-from megatron_evomoe.analysis import memory_estimate as mem
-from megatron_evomoe.analysis.param_inventory import ParamInventory, take_inventory
+from megatron_evomoe import memory_estimate as mem
+from megatron_evomoe.initialize import adapt_megatron
+from megatron_evomoe.param_inventory import ParamInventory, take_inventory
 from megatron_evomoe.models.layer_specs import moe_layer_pattern
 from megatron_evomoe.moe.evolution import describe_schedule
 
@@ -38,7 +38,7 @@ def _world_of_one():
     if dist.is_initialized():
         yield
         return
-    compat.apply_cpu_adaptations()
+    adapt_megatron()
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # no TCP port needed
     parallel_state.initialize_model_parallel()
     try:
@@ -90,8 +90,9 @@ def estimate(run, inventory: ParamInventory, fine_tuning: bool = False) -> DryRu
     expert_dp = max(1, run.world_size // (ep * etp * pp))
     mixed = bool(model.bf16 or model.fp16)
     topk = float(model.moe_router_topk or 1)
-    dts_dense_start = model.moe_router.router_type == "dts" and model.evomoe.gate_sparsify and not fine_tuning
-    peak_k = float(model.num_moe_experts) if (model.num_moe_experts and dts_dense_start) else topk
+    peak_k = topk
+    if model.num_moe_experts and not fine_tuning:  # fine-tuning routes in the final state: no dense start
+        peak_k = model.moe_router.peak_experts_per_token(model.num_moe_experts)
     stages = []
     for stage, counts in enumerate(inventory.stages):
         dense, expert = counts.per_rank(tp, ep, etp)
@@ -141,7 +142,7 @@ def format_report(run, report: DryRunReport, name: str) -> str:
         f"dry run of {name}: configuration valid for world size {run.world_size} "
         f"(TP {tp} x PP {pp} x DP {dp}; EP {ep}, expert TP {etp}); nothing was trained",
         f"model: {model.num_layers} layers ({sum(pattern)} MoE"
-        + (f", {moe} experts each, router {model.moe_router.router_type}, top-{model.moe_router_topk}" if moe else "")
+        + (f", {moe} experts each, router {model.moe_router_type}, top-{model.moe_router_topk}" if moe else "")
         + f"), hidden {model.hidden_size}, {model.num_attention_heads} heads, FFN {model.ffn_hidden_size}"
         + (f" (experts {model.moe_ffn_hidden_size})" if moe else "")
         + f", seq {training.seq_length}, vocab {model.vocab_size} (padded)",
@@ -167,7 +168,7 @@ def format_report(run, report: DryRunReport, name: str) -> str:
     lines.append(
         f"per-GPU memory estimate ({'bf16/fp16' if mixed else 'fp32'}, Adam; bytes/param: weights {per.weights}, "
         f"grads {per.gradients}, optimizer {per.optimizer}{shard}; activations per Korthikanti et al. with fused "
-        f"attention, see megatron_evomoe/analysis/memory_estimate.py):"
+        f"attention, see megatron_evomoe/memory_estimate.py):"
     )
     for stage, m in enumerate(report.stages):
         label = f"stage {stage}" if pp > 1 else "each GPU"

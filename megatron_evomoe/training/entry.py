@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 from megatron_evomoe import initialize
 from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
 from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
 from megatron_evomoe.training.startup_checks import check_startup
@@ -48,7 +49,7 @@ def configure(
         # The padding depends on the TP size: resuming under another TP size keeps the
         # checkpoint's embedding shape (when this TP size divides it) instead of failing to load.
         if saved % args.tensor_model_parallel_size != 0:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {args.load} has a vocabulary padded to {saved}, which "
                 f"--tensor-model-parallel-size {args.tensor_model_parallel_size} does not divide"
             )
@@ -84,9 +85,9 @@ def main(
             dry_run(run, task)
             return None
         check_startup(run)
-        initialize.initialize(run.layout, run.training.seed, args.distributed_timeout_minutes)
+        initialize.initialize(run.layout, run.training.seed, run.distributed_timeout_minutes)
         session = pretrain(run, task)
-    except ValueError as exc:  # user errors: flags, data, checkpoints
+    except InputError as exc:  # user errors: flags, data, checkpoints (anything else is a bug: traceback)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TrainingStopped as exc:

@@ -183,13 +183,12 @@ def finetune(
     if data.train and run.model.num_moe_experts:
         # Routers built from token counts (balanced hash) come prepared from their checkpoint; this
         # only prepares those that are not (a model fine-tuned from scratch).
-        prepare_routers_from_data(session.model, dataset(data.train), run.model.vocab_size,
-                                  run.model.moe_router.hash_frequency_samples)
+        prepare_routers_from_data(session.model, dataset(data.train), run.model.vocab_size)
 
     dev_sets = [(f, dataset(examples)) for f, examples in data.dev]
     test_sets = [(f, dataset(examples)) for f, examples in data.test]
     result = FinetuneResult(task.name, model_name)
-    flags = {k: v for k, v in sorted(vars(run.args).items())}
+    flags = dict(sorted(run.flags.items()))
     writer = MetricsWriter(run.training.tensorboard_dir, run.training.log_json)
 
     def end_of_epoch(epoch: int) -> None:
@@ -231,8 +230,8 @@ def _train_epochs(session: TrainingSession, loop_task: Task, train_view, config,
     run, state = session.run, session.state
     training = run.training
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), run.data_parallel_size
-    iterator = build_iterator(train_view, 0, training.micro_batch_size, dp_rank, dp_size, run.args.num_workers)
-    loss_names = router_class(run.model.moe_router.router_type).LOSS_NAMES if run.model.num_moe_experts else ()
+    iterator = build_iterator(train_view, 0, training.micro_batch_size, dp_rank, dp_size, training.num_workers)
+    loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
     sums: dict[str, float] = {}
     steps_logged, consecutive_skips, start = 0, 0, time.time()
     print_rank0(

@@ -20,6 +20,7 @@ from megatron_evomoe.data.glue.readers import read_task_data
 from megatron_evomoe.data.glue.tasks import GlueTask, get_task
 from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
 from megatron_evomoe.data.tokenizer import padded_vocab_size
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.training.checkpoint_files import holds_key_prefix
 from megatron_evomoe.training.checkpointing import TRACKER_FILE, checkpoint_dir, read_tracker
 from megatron_evomoe.training.dry_run import print_dry_run
@@ -67,14 +68,14 @@ def check_bert_checkpoint(flag: str, root: str) -> None:
     """``root`` exists and holds a BERT checkpoint (a masked-LM head: pretraining or fine-tuning),
     before its flags are read or anything is built."""
     if not os.path.isdir(root):
-        raise ValueError(f"{flag} {root}: no such checkpoint directory")
+        raise InputError(f"{flag} {root}: no such checkpoint directory")
     if not os.path.isfile(os.path.join(root, TRACKER_FILE)):
         if not os.path.isfile(os.path.join(root, MODEL_ARGS_FILE)):
-            raise ValueError(f"{flag} {root} holds no checkpoint ({TRACKER_FILE} is missing)")
+            raise InputError(f"{flag} {root} holds no checkpoint ({TRACKER_FILE} is missing)")
         return  # only the model's flags so far (e.g. a fine-tuning run that has not saved yet)
     ckpt_dir = checkpoint_dir(root, read_tracker(root))
     if holds_key_prefix(ckpt_dir, BERT_ONLY_KEY_PREFIX) is False:
-        raise ValueError(
+        raise InputError(
             f"{flag} {root} is not a BERT checkpoint ({ckpt_dir} has no masked-LM head; a GPT checkpoint?): "
             "fine-tune from a pretrain_bert_moe.py or finetune_glue.py --save directory"
         )
@@ -86,7 +87,7 @@ def set_schedule(args: argparse.Namespace, config: FinetuneConfig, num_train: in
     global_batch = args.global_batch_size or args.micro_batch_size * max(dp, 1)
     steps_per_epoch = num_train // global_batch
     if config.epochs > 0 and steps_per_epoch == 0:
-        raise ValueError(f"train.tsv has {num_train} examples, fewer than one global batch ({global_batch})")
+        raise InputError(f"train.tsv has {num_train} examples, fewer than one global batch ({global_batch})")
     args.train_iters = max(1, config.epochs * steps_per_epoch)
     if not args.lr_warmup_iters:
         args.lr_warmup_iters = int(config.lr_warmup_fraction * args.train_iters)
@@ -101,7 +102,7 @@ def vocabulary_size(args: argparse.Namespace, tokenizer, record: Optional[dict])
     if saved is None:
         return padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, tp)
     if saved < tokenizer.vocab_size or saved % tp:
-        raise ValueError(
+        raise InputError(
             f"the checkpoint's padded vocabulary ({saved}) does not fit this tokenizer ({tokenizer.vocab_size} ids) "
             f"and --tensor-model-parallel-size {tp}"
         )
@@ -114,7 +115,7 @@ def check_load_source(task: GlueTask, record: Optional[dict], args: argparse.Nam
         return
     if record.get("task") != task.name:
         what = f"fine-tuned on {record['task']}" if record.get("task") else "a pretraining checkpoint"
-        raise ValueError(
+        raise InputError(
             f"--load {args.load} is {what}, not a {task.name} model: use --pretrained-checkpoint {args.load} "
             "to fine-tune from its encoder with a new head"
         )
@@ -134,18 +135,18 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optiona
         tokenizer = mlm_tokenizer_from_args(args)
         run = build_run_config(args, vocabulary_size(args, tokenizer, record))
         if run.training.dry_run:  # validate, print sizes and memory (training/dry_run.py); no training
-            print_dry_run(run, glue_loop_task(task, args.bert_binary_head), fine_tuning=True)
+            print_dry_run(run, glue_loop_task(task, run.bert.binary_head), fine_tuning=True)
             return None
         check_startup(run)
         source = args.load or config.pretrained_checkpoint
         model_name = config.model_name or (record or {}).get("model_name") or default_model_name(source)
         if run.training.save and int(os.environ.get("RANK", "0")) == 0:
             save_model_args(
-                run.training.save, args, parser, model_name, run.model.vocab_size, task.name, task.num_outputs
+                run.training.save, run.flags, parser, model_name, run.model.vocab_size, task.name, task.num_outputs
             )
-        initialize.initialize(run.layout, run.training.seed, args.distributed_timeout_minutes)
-        result = finetune(run, config, task, data, tokenizer, model_name, add_binary_head=args.bert_binary_head)
-    except ValueError as exc:  # user errors: flags, data, checkpoints
+        initialize.initialize(run.layout, run.training.seed, run.distributed_timeout_minutes)
+        result = finetune(run, config, task, data, tokenizer, model_name, add_binary_head=run.bert.binary_head)
+    except InputError as exc:  # user errors: flags, data, checkpoints (anything else is a bug: traceback)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     initialize.shutdown()

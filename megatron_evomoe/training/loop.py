@@ -23,11 +23,10 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from torch.utils.data import Dataset
 
-from megatron_evomoe import compat
 from megatron_evomoe.arguments import RunConfig, architecture_meta, precision_name
+from megatron_evomoe.device import batch_to_device, device_is_cuda
 from megatron_evomoe.moe.evolution import PhaseController, describe_schedule, routing_schedule
-from megatron_evomoe.moe.router import RoutingState
-from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpointing import TrainState
@@ -37,6 +36,7 @@ from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
+from megatron_evomoe.training.optimizer_state import apply_parameter_updates
 from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_probe import build_routing_probe
 from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
@@ -87,7 +87,7 @@ def build_model_chunks(run: RunConfig, task: Task) -> List[torch.nn.Module]:
         parallel_state.is_pipeline_first_stage(),
         parallel_state.is_pipeline_last_stage(),
     )
-    if compat.device_is_cuda():
+    if device_is_cuda():
         model.cuda(torch.cuda.current_device())
     if config.fp16 or config.bf16:
         model = Float16Module(config, model)
@@ -120,8 +120,8 @@ def run_meta(run: RunConfig) -> dict:
     """What a checkpoint records about the run (the architecture keys are checked on load)."""
     meta = architecture_meta(run.model)
     meta["precision"] = precision_name(run.model)
-    if hasattr(run.args, "bert_binary_head"):  # BERT: the pooler and NSP/SOP head exist only with it
-        meta["bert_binary_head"] = run.args.bert_binary_head
+    if run.bert is not None:  # BERT: the pooler and NSP/SOP head exist only with it
+        meta["bert_binary_head"] = run.bert.binary_head
     meta["world_size"] = run.world_size
     meta["layout"] = vars(run.layout)
     if run.model.num_moe_experts:
@@ -185,12 +185,17 @@ def save(session: TrainingSession) -> None:
 
 
 # -------------------------------------------------------------------------------------- a step
+def advance_phase(session: TrainingSession, iteration: int) -> List[str]:
+    """Put the model in step ``iteration``'s routing state; the optimizer's copy of any parameter
+    a transition rewrote (EvoMoE's diversify) follows. Returns the transition's log lines."""
+    transition = session.controller.before_step(iteration, session.model)
+    apply_parameter_updates(session.optimizer, transition.updates)
+    return transition.events
+
+
 def _forward_step_func(task: Task):
     def forward_step(data_iterator, model):
-        batch = next(data_iterator)
-        if compat.device_is_cuda():
-            batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return task.forward_step(batch, model)
+        return task.forward_step(batch_to_device(next(data_iterator)), model)
 
     return forward_step
 
@@ -302,7 +307,7 @@ def evaluate_as_served(session: TrainingSession, task: Task, valid_dataset: Data
     iteration = session.state.iteration - 1
     served = controller.serving_state(iteration, session.run.training.train_iters)
     if served is None:
-        if controller.routing_state(iteration).phase == EXPERT_DIVERSIFY:
+        if controller.in_shared_expert_stage(iteration):
             return {}
         return {"val_served_loss": current["val_loss"], "val_served_ppl": current["val_ppl"]}
     training_state = controller.applied_state or controller.routing_state(iteration)
@@ -405,7 +410,7 @@ def step_flops(run: RunConfig, routing: StepRouting, routing_state) -> float:
     tokens = run.training.global_batch_size * run.training.seq_length
     gate = 0.0
     if run.model.num_moe_experts:
-        gate = router_class(run.model.moe_router.router_type).gate_flops(run.model, routing_state)
+        gate = router_class(run.model.moe_router_type).gate_flops(run.model, routing_state)
     return training_step_flops(run.model, run.training.seq_length, tokens, routing.num_assignments, gate)
 
 
@@ -425,16 +430,14 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
         0,  # the loop never evaluates the test split
     )
     train_ds, valid_ds, _ = task.build_datasets(run, num_samples)
-    if run.model.num_moe_experts and prepare_routers_from_data(
-        session.model, train_ds, run.model.vocab_size, run.model.moe_router.hash_frequency_samples
-    ):
+    if run.model.num_moe_experts and prepare_routers_from_data(session.model, train_ds, run.model.vocab_size):
         print_rank0("routers prepared from training-data token frequencies")
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), run.data_parallel_size
     train_iter = build_iterator(train_ds, state.consumed_samples, training.micro_batch_size, dp_rank, dp_size,
-                                run.args.num_workers)
+                                training.num_workers)
     writer = MetricsWriter(training.tensorboard_dir, training.log_json)
     probe = build_routing_probe(run, valid_ds)  # None unless --log-routing-probe N
-    loss_names = router_class(run.model.moe_router.router_type).LOSS_NAMES if run.model.num_moe_experts else ()
+    loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
     interval = IntervalLog()
     consecutive_skips = 0
     for chunk in session.model:
@@ -445,7 +448,7 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
         print_rank0(schedule_line)
     while state.iteration < training.train_iters:
         iteration = state.iteration
-        for event in session.controller.before_step(iteration, session.model, session.optimizer):
+        for event in advance_phase(session, iteration):
             print_rank0(f"iteration {iteration}: {event}")
         means, grad_norm, applied = train_step(session, task, train_iter)
         routing = collect_step_routing(

@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+
+from megatron_evomoe.router_arguments import ROUTER_GROUP_PREFIX
+from megatron_evomoe.errors import InputError
 
 MODEL_ARGS_FILE = "model_args.json"
-MODEL_GROUPS = ("model", "mixture of experts", "baseline routers", "EvoMoE", "tokenizer", "BERT")
+MODEL_GROUPS = ("model", "mixture of experts", ROUTER_GROUP_PREFIX, "tokenizer", "BERT")
 """Titles (prefixes) of the argument groups whose flags define the model."""
 RUNTIME_FLAGS = frozenset(
     {
@@ -44,7 +47,7 @@ def model_flag_names(parser: argparse.ArgumentParser) -> list[str]:
 
 def save_model_args(
     root: str,
-    args: argparse.Namespace,
+    flags: Mapping[str, Any],
     parser: argparse.ArgumentParser,
     model_name: str,
     padded_vocab_size: int,
@@ -53,17 +56,19 @@ def save_model_args(
 ) -> str:
     """Write ``root/model_args.json`` atomically (call on one rank); returns its path.
 
+    ``flags``: the parsed command line (``RunConfig.flags``); the model-defining ones are written.
+
     ``padded_vocab_size`` is recorded because it depends on the tensor-parallel size it was padded
     for: a model saved under TP=2 must keep its embedding size when it is loaded under TP=1.
     """
-    flags = {}
+    saved = {}
     for name in model_flag_names(parser):
-        value = getattr(args, name, None)
+        value = flags.get(name)
         if name in PATH_FLAGS and value:
             value = os.path.abspath(value)
-        flags[name] = value
+        saved[name] = value
     record = {
-        "flags": flags, "model_name": model_name, "padded_vocab_size": padded_vocab_size,
+        "flags": saved, "model_name": model_name, "padded_vocab_size": padded_vocab_size,
         "task": task, "num_outputs": num_outputs,
     }
     os.makedirs(root, exist_ok=True)
@@ -83,9 +88,9 @@ def read_model_args(root: str) -> Optional[dict[str, Any]]:
         with open(path) as f:
             record = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is corrupt: {exc}") from None
+        raise InputError(f"{path} is corrupt: {exc}") from None
     if not isinstance(record, dict) or not isinstance(record.get("flags"), dict):
-        raise ValueError(f"{path} is not a model-args record")
+        raise InputError(f"{path} is not a model-args record")
     return record
 
 

@@ -10,7 +10,7 @@ the fp32 copy). :func:`optimizer_copy` hides the difference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -107,3 +107,10 @@ def overwrite_parameter(
             target.state[key].zero_()
         else:
             target.state[key].copy_(source.state[key] * moments_mask.to(source.state[key].dtype))
+
+
+def apply_parameter_updates(optimizer, updates: Iterable) -> None:
+    """Make the optimizer agree with parameters a phase transition rewrote (``moe.evolution.
+    ParameterUpdate``: the parameter, whose moments it takes and under which mask)."""
+    for update in updates:
+        overwrite_parameter(optimizer, update.param, update.moments_from, update.mask)

@@ -20,7 +20,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.utils.data import Dataset
 
-from megatron_evomoe import compat
+from megatron_evomoe.device import batch_to_device
 from megatron_evomoe.training.data_loading import build_iterator
 
 
@@ -39,10 +39,7 @@ class _Cycled(Dataset):
 
 def _device_step(forward_step: Callable):
     def step(data_iterator, model):
-        batch = next(data_iterator)
-        if compat.device_is_cuda():
-            batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return forward_step(batch, model)
+        return forward_step(batch_to_device(next(data_iterator)), model)
 
     return step
 

@@ -1,7 +1,8 @@
 """Routers built from the training data (the balanced hash of Hash Layers) get token counts here.
 
-Counted over the first ``--hash-frequency-samples`` training samples, identically on every rank, so
-no communication is needed and every rank builds the same table.
+Counted over the first samples of the training data (as many as the routers ask for, e.g.
+``--hash-frequency-samples``), identically on every rank, so no communication is needed and every
+rank builds the same table.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def token_counts(dataset: Dataset, vocab_size: int, num_samples: int) -> torch.T
     return counts
 
 
-def prepare_routers_from_data(model_chunks, dataset: Dataset, vocab_size: int, num_samples: int) -> bool:
+def prepare_routers_from_data(model_chunks, dataset: Dataset, vocab_size: int) -> bool:
     """Give token counts to every router that needs them and is not prepared yet; True if any did."""
     routers = [
         layer.router for layer in moe_layers(model_chunks)
@@ -29,7 +30,7 @@ def prepare_routers_from_data(model_chunks, dataset: Dataset, vocab_size: int, n
     ]
     if not routers:
         return False
-    counts = token_counts(dataset, vocab_size, num_samples)
+    counts = token_counts(dataset, vocab_size, max(router.token_count_samples() for router in routers))
     for router in routers:
         router.prepare_from_data(counts)
     return True

@@ -30,9 +30,10 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.utils.data import default_collate
 
-from megatron_evomoe import compat
+from megatron_evomoe.device import batch_to_device, rng_devices
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.training.routing_metrics import moe_layer_index
+from megatron_evomoe.errors import InputError
 
 
 def build_routing_probe(run, valid_dataset) -> Optional["RoutingProbe"]:
@@ -50,7 +51,7 @@ class RoutingProbe:
         seq = run.training.seq_length
         num_samples = math.ceil(num_tokens / seq)
         if len(valid_dataset) < num_samples:
-            raise ValueError(
+            raise InputError(
                 f"--log-routing-probe {num_tokens} needs {num_samples} validation samples of {seq} tokens; "
                 f"the validation split has {len(valid_dataset)}"
             )
@@ -69,9 +70,8 @@ class RoutingProbe:
         ]
         for chunk in session.model:
             chunk.eval()
-        devices = [torch.cuda.current_device()] if compat.device_is_cuda() else []
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), torch.random.fork_rng(devices=rng_devices()):
                 self._forward(session, task)
         finally:
             for hook in hooks:
@@ -92,9 +92,7 @@ class RoutingProbe:
         return record
 
     def _forward(self, session, task) -> None:
-        batch = self.batch
-        if compat.device_is_cuda():
-            batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = batch_to_device(self.batch)
 
         def forward_step(data_iterator, model):
             return task.forward_step(next(data_iterator), model)

@@ -35,8 +35,8 @@ def test_mlm_accuracy_is_argmax_agreement(megatron_world_of_one):
     assert expected.sum() >= 4
 
 
-def test_token_ids_reach_every_moe_layer_and_padding_is_inert(config, monkeypatch):
-    model = build_bert_model(config)
+def test_token_ids_reach_every_moe_layer_and_padding_is_inert(megatron_world_of_one, monkeypatch):
+    model = build_bert_model(tiny_run("--seq-length", str(S), "--moe-router-type", "hash").model)  # routes by id
     seen = []
     original = moe_layer_module.routing_token_ids
 

@@ -23,7 +23,7 @@ def checkpoint(tmp_path):
     parser = build_parser("", add_bert_args)
     args = parser.parse_args(["--num-layers", "6", "--num-experts", "8", "--moe-router-type", "dts", "--bf16",
                               "--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", "tok/vocab.json"])
-    save_model_args(str(tmp_path / "ckpt"), args, parser, "evomoe", padded_vocab_size=512)
+    save_model_args(str(tmp_path / "ckpt"), vars(args), parser, "evomoe", padded_vocab_size=512)
     return str(tmp_path / "ckpt")
 
 

@@ -19,7 +19,7 @@ def spawned_expert_weights(flags: list[str]) -> dict:
     initialize.initialize(run.layout, run.training.seed)
     try:
         session = setup_session(run, tiny_gpt_task())
-        session.controller.diversify(session.model, session.optimizer)
+        session.controller.diversify(session.model)
         result = {}
         for layer in moe_layers(session.model):
             for local, global_index in enumerate(layer.local_expert_indices):
@@ -52,13 +52,14 @@ def master_copies_follow_spawn_under_distributed_optimizer(flags: list[str]) -> 
     """After diversify with the distributed optimizer, every local master shard equals its weights."""
     import torch
 
-    from megatron_evomoe.training.optimizer_state import optimizer_copy
+    from megatron_evomoe.training.optimizer_state import apply_parameter_updates, optimizer_copy
 
     run = tiny_run(*flags)
     initialize.initialize(run.layout, run.training.seed)
     try:
         session = setup_session(run, tiny_gpt_task())
-        session.controller.diversify(session.model, session.optimizer)
+        _, updates = session.controller.diversify(session.model)
+        apply_parameter_updates(session.optimizer, updates)
         checked = 0
         for layer in moe_layers(session.model):
             weights = [w for local in range(layer.num_local_experts) for w in expert_weights(layer.experts, local)]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from megatron_evomoe.config import EvoMoEOptions
 from megatron_evomoe.moe.diversify import expert_masks, expert_weights
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.router import RoutingState
-from megatron_evomoe.training.loop import setup_session, train_step
+from megatron_evomoe.moe.routers.dts import DTSRouter
+from megatron_evomoe.training.loop import advance_phase, setup_session, train_step
 from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.optimizer_state import optimizer_copy
 from tests.distributed import run_ranks
@@ -19,7 +19,7 @@ DTS = ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "2", "--dts-a
 
 @pytest.mark.parametrize("granularity", ["element", "neuron"])
 def test_masked_fraction_matches_the_ratio(granularity):
-    options = EvoMoEOptions(mask_ratio=0.3, mask_granularity=granularity)
+    options = DTSRouter.Config(mask_ratio=0.3, mask_granularity=granularity)
     fc1, fc2 = expert_masks(4096, 256, options, seed=1, layer_number=2, expert_index=5)
     assert fc1.shape == (4096, 256) and fc2.shape == (256, 4096)
     assert 1 - fc1.float().mean().item() == pytest.approx(0.3, abs=0.02)
@@ -30,7 +30,7 @@ def test_masked_fraction_matches_the_ratio(granularity):
 
 
 def test_masks_are_pure_functions_of_seed_layer_expert():
-    options = EvoMoEOptions(mask_ratio=0.5)
+    options = DTSRouter.Config(mask_ratio=0.5)
     a = expert_masks(8, 4, options, 1, 1, 0)[0]
     assert torch.equal(a, expert_masks(8, 4, options, 1, 1, 0)[0])
     assert not torch.equal(a, expert_masks(8, 4, options, 1, 1, 1)[0])
@@ -42,7 +42,7 @@ def _stage_one(session, steps=2):
     task = tiny_gpt_task()
     data = build_iterator(SyntheticGPTData(64, 16), 0, 2, 0, 1)
     for iteration in range(steps):
-        session.controller.before_step(iteration, session.model, session.optimizer)
+        advance_phase(session, iteration)
         train_step(session, task, data)
     return task, data
 
@@ -57,13 +57,13 @@ def test_spawned_experts_are_distinct_masked_copies_and_the_master_copy_follows(
         for layer in layers
     }
     assert all(m.abs().sum() > 0 for m in shared_moments.values())
-    session.controller.before_step(2, session.model, session.optimizer)  # T_S: spawn
+    advance_phase(session, 2)  # T_S: spawn
     for layer in layers:
         shared1 = layer.shared_expert.linear_fc1.weight
         fc1s = []
         for local, global_index in enumerate(layer.local_expert_indices):
             fc1, fc2 = expert_weights(layer.experts, local)
-            mask1, mask2 = expert_masks(64, 32, run.model.evomoe, 7, layer.layer_number, global_index)
+            mask1, mask2 = expert_masks(64, 32, run.model.moe_router, 7, layer.layer_number, global_index)
             assert torch.equal(fc1, shared1 * mask1.to(fc1.dtype))
             assert torch.equal(fc2, layer.shared_expert.linear_fc2.weight * mask2.to(fc2.dtype))
             assert 0.2 < (fc1 == 0).float().mean().item() < 0.3
@@ -87,7 +87,7 @@ def test_reset_zeroes_the_moments(megatron_world_of_one):
     copy = optimizer_copy(session.optimizer, fc1)
     copy.state["exp_avg"].fill_(1.0)
     copy.state["exp_avg_sq"].fill_(1.0)
-    session.controller.before_step(2, session.model, session.optimizer)
+    advance_phase(session, 2)
     assert not copy.state["exp_avg"].any() and not copy.state["exp_avg_sq"].any()
 
 
@@ -96,7 +96,7 @@ def test_first_update_after_spawning_is_adamw_from_the_spawned_state(megatron_wo
     run = tiny_run(*DTS, "--clip-grad", "0", "--lr", "1e-2", "--lr-decay-style", "constant")
     session = setup_session(run, tiny_gpt_task())
     task, data = _stage_one(session)
-    session.controller.before_step(2, session.model, session.optimizer)  # spawns
+    advance_phase(session, 2)  # spawns
     layer = moe_layers(session.model)[0]
     weight = expert_weights(layer.experts, 1)[0]
     state = optimizer_copy(session.optimizer, weight).state
@@ -118,7 +118,7 @@ def test_after_diversify_with_no_mask_and_infinite_temperature_the_layer_is_the_
     run = tiny_run(*DTS, "--evomoe-mask-ratio", "0.0")
     session = setup_session(run, tiny_gpt_task())
     layer = moe_layers(session.model)[0]
-    session.controller.diversify(session.model, session.optimizer)
+    session.controller.diversify(session.model)
     layer.eval()
     layer.set_routing_state(RoutingState(iteration=2, phase="gate_sparsify", temperature=1e9))
     hidden = torch.randn(16, 2, 32)

@@ -68,11 +68,11 @@ def test_ablation_flags_change_only_what_they_say(megatron_world_of_one):
     full = tiny_run(*EVOMOE).model
     no_div = tiny_run(*EVOMOE, "--no-expert-diversify").model
     no_sparse = tiny_run(*EVOMOE, "--no-gate-sparsify").model
-    assert no_div.evomoe.expert_diversify is False and no_div.evomoe.shared_expert_iters == 0
-    assert no_sparse.evomoe.gate_sparsify is False and no_sparse.evomoe.shared_expert_iters == 3
+    assert no_div.moe_router.expert_diversify is False and no_div.moe_router.shared_expert_iters == 0
+    assert no_sparse.moe_router.gate_sparsify is False and no_sparse.moe_router.shared_expert_iters == 3
     for config in (no_div, no_sparse):
         for field in ("mask_ratio", "dts_threshold", "dts_max_temperature", "dts_min_temperature"):
-            assert getattr(config.evomoe, field) == getattr(full.evomoe, field)
+            assert getattr(config.moe_router, field) == getattr(full.moe_router, field)
     # w/o expert-diversify: no shared expert, the DTS gate from step 0.
     session = setup_session(tiny_run(*EVOMOE, "--no-expert-diversify"), tiny_gpt_task())
     assert all(layer.shared_expert is None for layer in moe_layers(session.model))

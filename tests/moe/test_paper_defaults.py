@@ -27,7 +27,7 @@ def _config(*flags: str):
 )
 def test_evomoe_schedule_defaults_are_the_papers_fractions(train_iters, shared, anneal):
     model = _config("--moe-router-type", "dts", "--train-iters", str(train_iters))
-    evomoe = model.evomoe
+    evomoe = model.moe_router
     assert (evomoe.shared_expert_iters, evomoe.dts_anneal_iters, evomoe.dts_top1_iter) == (
         shared, anneal, shared + anneal,
     )
@@ -39,11 +39,11 @@ def test_evomoe_schedule_defaults_are_the_papers_fractions(train_iters, shared, 
 
 def test_explicit_schedule_flags_win_and_ablations_follow():
     evomoe = _config("--moe-router-type", "dts", "--train-iters", "1000", "--evomoe-shared-expert-iters", "30",
-                     "--dts-anneal-iters", "70").evomoe
+                     "--dts-anneal-iters", "70").moe_router
     assert (evomoe.shared_expert_iters, evomoe.dts_anneal_iters, evomoe.dts_top1_iter) == (30, 70, 100)
-    evomoe = _config("--moe-router-type", "dts", "--train-iters", "1000", "--dts-top1-iter", "400").evomoe
+    evomoe = _config("--moe-router-type", "dts", "--train-iters", "1000", "--dts-top1-iter", "400").moe_router
     assert (evomoe.shared_expert_iters, evomoe.dts_anneal_iters, evomoe.dts_top1_iter) == (50, 50, 400)
-    no_diversify = _config("--moe-router-type", "dts", "--train-iters", "1000", "--no-expert-diversify").evomoe
+    no_diversify = _config("--moe-router-type", "dts", "--train-iters", "1000", "--no-expert-diversify").moe_router
     assert (no_diversify.shared_expert_iters, no_diversify.dts_top1_iter) == (0, 50)
     assert resolve_evomoe_phases(1000, expert_diversify=False).top1_iter == 50
 

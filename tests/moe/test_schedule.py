@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from megatron_evomoe.config import EvoMoEOptions
 from megatron_evomoe.moe import schedule
+from megatron_evomoe.moe.routers.dts import DTSRouter
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_unknown_schedule_is_rejected():
 
 
 def test_evomoe_phases_and_temperature_follow_ts_and_td():
-    options = EvoMoEOptions(shared_expert_iters=10, dts_anneal_iters=20, dts_top1_iter=30)
+    options = DTSRouter.Config(shared_expert_iters=10, dts_anneal_iters=20, dts_top1_iter=30)
     phases = [schedule.evomoe_phase(i, options) for i in (0, 9, 10, 29, 30, 100)]
     assert phases == ["expert_diversify", "expert_diversify", "gate_sparsify", "gate_sparsify", "top1", "top1"]
     # tau starts annealing at T_S: max at 10, halfway (linear) at 20, min from 30.
@@ -43,7 +43,7 @@ def test_evomoe_phases_and_temperature_follow_ts_and_td():
 
 
 def test_ablation_without_expert_diversify_starts_the_gate_at_zero():
-    options = EvoMoEOptions(shared_expert_iters=0, expert_diversify=False, dts_anneal_iters=20, dts_top1_iter=20)
+    options = DTSRouter.Config(shared_expert_iters=0, expert_diversify=False, dts_anneal_iters=20, dts_top1_iter=20)
     assert schedule.evomoe_phase(0, options) == "gate_sparsify"
     assert schedule.evomoe_temperature(0, options) == pytest.approx(2.0)
     assert schedule.evomoe_temperature(10, options) == pytest.approx(1.15)
@@ -51,7 +51,7 @@ def test_ablation_without_expert_diversify_starts_the_gate_at_zero():
 
 
 def test_ablation_without_gate_sparsify_is_switch_top1_after_stage_one():
-    options = EvoMoEOptions(shared_expert_iters=10, gate_sparsify=False, dts_anneal_iters=20, dts_top1_iter=30)
+    options = DTSRouter.Config(shared_expert_iters=10, gate_sparsify=False, dts_anneal_iters=20, dts_top1_iter=30)
     assert schedule.evomoe_phase(9, options) == "expert_diversify"
     assert schedule.evomoe_phase(10, options) == "top1"
     assert schedule.evomoe_temperature(15, options) == 1.0

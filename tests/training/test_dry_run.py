@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_evomoe.analysis import memory_estimate as mem
+from megatron_evomoe import memory_estimate as mem
 from megatron_evomoe.models.gpt import build_gpt_model
 from megatron_evomoe.training.dry_run import count_parameters, estimate, format_report
 from tests.tiny import tiny_gpt_task, tiny_run

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from megatron_evomoe.data.glue.readers import GlueExample
+from megatron_evomoe.errors import InputError
 
 
 def truncate_pair(tokens_a: list[int], tokens_b: Optional[list[int]], max_tokens: int) -> None:
@@ -60,7 +61,7 @@ class GlueDataset(Dataset):
 
     def __init__(self, examples: Sequence[GlueExample], tokenizer, seq_length: int, regression: bool = False):
         if seq_length < 3:
-            raise ValueError(f"--seq-length must be >= 3 for GLUE inputs, got {seq_length}")
+            raise InputError(f"--seq-length must be >= 3 for GLUE inputs, got {seq_length}")
         self.examples = list(examples)
         self.tokenizer = tokenizer
         self.seq_length = seq_length
@@ -97,7 +98,7 @@ class EpochShuffledDataset(Dataset):
         self.dataset = dataset
         self.steps_per_epoch = len(dataset) // global_batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise InputError(
                 f"the training set has {len(dataset)} examples, fewer than one global batch "
                 f"({global_batch_size}): lower --global-batch-size"
             )

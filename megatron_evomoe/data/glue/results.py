@@ -20,6 +20,7 @@ import os
 from typing import Any, Iterable, Optional
 
 from megatron_evomoe.data.glue.tasks import TABLE_ORDER, get_task
+from megatron_evomoe.data.errors import DataInputError
 
 RESULT_KEYS = ("task", "model", "metric", "score", "epoch")
 
@@ -41,10 +42,10 @@ def read_results(path: str) -> dict[str, Any]:
         with open(path) as f:
             record = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable results JSON ({exc})") from None
+        raise DataInputError(f"{path}: not a readable results JSON ({exc})") from None
     missing = [key for key in RESULT_KEYS if key not in record]
     if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)} (not written by finetune_glue.py --results-json?)")
+        raise DataInputError(f"{path}: missing {', '.join(missing)} (not written by finetune_glue.py --results-json?)")
     get_task(record["task"])
     return record
 

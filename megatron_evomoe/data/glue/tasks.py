@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional, Union
+from megatron_evomoe.errors import InputError
 
 Column = Union[str, int]
 """A header name, or a 0-based position in files without a header."""
@@ -139,5 +140,5 @@ TABLE_ORDER = ("MNLI", "QNLI", "QQP", "RTE", "SST-2", "MRPC", "CoLA", "STS-B")
 def get_task(name: str) -> GlueTask:
     """The task called ``name`` (ValueError naming the choices otherwise)."""
     if name not in GLUE_TASKS:
-        raise ValueError(f"--task {name!r} is not a GLUE task of this repository (choose from {', '.join(GLUE_TASKS)})")
+        raise InputError(f"--task {name!r} is not a GLUE task of this repository (choose from {', '.join(GLUE_TASKS)})")
     return GLUE_TASKS[name]

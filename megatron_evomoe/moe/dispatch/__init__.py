@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 
+from megatron_evomoe.errors import InputError
+
 # name -> "module:Class", imported on demand (the allgather reference needs megatron-core, the
 # all-to-all family does not).
 _DISPATCHERS = {
@@ -27,14 +29,14 @@ _DISPATCHERS = {
 
 
 def available_dispatchers() -> list[str]:
-    """Names accepted by --moe-token-dispatcher-type."""
-    return sorted(_DISPATCHERS)
+    """Names accepted by --moe-token-dispatcher-type (the only list of them)."""
+    return list(_DISPATCHERS)
 
 
 def dispatcher_class(name: str):
     """The TokenDispatcher subclass registered under ``name``."""
     if name not in _DISPATCHERS:
-        raise ValueError(
+        raise InputError(
             f"--moe-token-dispatcher-type {name!r} is not available (choose from {available_dispatchers()})"
         )
     module_name, class_name = _DISPATCHERS[name].split(":")

@@ -34,11 +34,6 @@ def row_specs(tensors: Sequence[torch.Tensor]) -> tuple[RowSpec, ...]:
     return tuple(RowSpec(t.dtype, tuple(t.shape[1:])) for t in tensors)
 
 
-def packed_row_bytes(specs: Sequence[RowSpec]) -> int:
-    """Bytes of one packed row."""
-    return sum(spec.row_bytes for spec in specs)
-
-
 def pack_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``uint8 [M, sum of row bytes]``; a view (no copy) for a single contiguous tensor."""
     rows = tensors[0].shape[0]

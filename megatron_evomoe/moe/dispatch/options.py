@@ -1,7 +1,8 @@
 """Options of the token dispatchers (``--moe-token-dispatcher-type`` and the α-β cost model).
 
 Kept apart from ``config.py`` (which re-exports it) so that the all-to-all dispatchers and
-``tools/bench_dispatch.py`` import without megatron-core (seconds of CPU per spawned process).
+``tools/bench_dispatch.py`` import without megatron-core (seconds of CPU per spawned process). The
+dispatcher names are those of the registry in ``moe/dispatch/__init__.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-DISPATCHER_TYPES = ("allgather", "alltoall", "hierarchical", "hierarchical_2d", "auto")
+from megatron_evomoe.errors import InputError
+from megatron_evomoe.moe.dispatch import available_dispatchers
 
 
 @dataclass
@@ -22,7 +24,7 @@ class DispatchOptions:
     """
 
     dispatcher_type: str = "allgather"
-    """One of DISPATCHER_TYPES."""
+    """One of ``available_dispatchers()``."""
     ranks_per_node: Optional[int] = None
     """Ranks that share a node (None: LOCAL_WORLD_SIZE from the launcher, else all ranks)."""
     alpha_intra: float = 5e-6
@@ -37,12 +39,12 @@ class DispatchOptions:
     """Measure alpha/beta with a short ping-pong when the dispatcher is built (``auto`` only)."""
 
     def __post_init__(self) -> None:
-        if self.dispatcher_type not in DISPATCHER_TYPES:
-            raise ValueError(
-                f"--moe-token-dispatcher-type {self.dispatcher_type!r} is not one of {DISPATCHER_TYPES}"
+        if self.dispatcher_type not in available_dispatchers():
+            raise InputError(
+                f"--moe-token-dispatcher-type {self.dispatcher_type!r} is not one of {tuple(available_dispatchers())}"
             )
         if self.ranks_per_node is not None and self.ranks_per_node < 1:
-            raise ValueError(f"--moe-ranks-per-node must be >= 1 (got {self.ranks_per_node})")
+            raise InputError(f"--moe-ranks-per-node must be >= 1 (got {self.ranks_per_node})")
         for name in ("alpha_intra", "beta_intra", "alpha_inter", "beta_inter"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--moe-a2a-{name.replace('_', '-')} must be >= 0")
+                raise InputError(f"--moe-a2a-{name.replace('_', '-')} must be >= 0")

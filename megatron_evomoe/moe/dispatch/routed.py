@@ -33,6 +33,7 @@ from megatron_evomoe.moe.dispatch.program import ChunkPermutation, CompiledRoute
 from megatron_evomoe.moe.dispatch.routes import ROUTE_BUILDERS
 from megatron_evomoe.moe.dispatch.topology import group_topology
 from megatron_evomoe.moe.dispatch.replay import ExchangeReplay
+from megatron_evomoe.moe.recompute import REPLAY_EXCHANGES, moe_recompute_scope
 from megatron_evomoe.moe.dispatch.transport import CommLog, Transport
 
 
@@ -57,11 +58,7 @@ class RoutedDispatcher(TokenDispatcher):
         options = config.moe_dispatch
         self.topology = group_topology(self.ep_group, options.ranks_per_node)
         self.comm_log = CommLog()
-        # Under megatron's full recomputation, moe_aware replays the forward exchanges (replay.py).
-        replays = (
-            getattr(config, "moe_recompute", "none") == "moe_aware"
-            and getattr(config, "recompute_granularity", None) == "full"
-        )
+        replays = moe_recompute_scope(config) == REPLAY_EXCHANGES
         self.replay = ExchangeReplay() if replays else None
         self.ep = Transport(self.ep_group, self.topology, self.comm_log, self.replay)
         self.tp: Optional[Transport] = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch.distributed as dist
+from megatron_evomoe.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def topology_from_ranks(group_ranks: Sequence[int], ranks_per_node: int, rank: i
         rank: this rank's EP index.
     """
     if ranks_per_node < 1:
-        raise ValueError(f"ranks per node must be >= 1 (got {ranks_per_node})")
+        raise InputError(f"ranks per node must be >= 1 (got {ranks_per_node})")
     by_node: dict[int, list[int]] = {}
     for index, global_rank in enumerate(group_ranks):
         by_node.setdefault(global_rank // ranks_per_node, []).append(index)

@@ -32,14 +32,17 @@ Initialisation as in the official code: W_z, b_z ~ U(-gamma/100, gamma/100) (all
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from megatron_evomoe.models.init import set_init_rule
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision
+from megatron_evomoe.moe.router_config import RouterConfig, RunShape
+from megatron_evomoe.seeding import set_init_rule
 
 ENTROPY_EPS = 1e-6
 """Inside the log of the entropy (official implementation), so that r = 0 contributes 0."""
@@ -105,6 +108,30 @@ def _uniform(bound: float, tensor: torch.Tensor) -> None:
 class DSelectKRouter(Router):
     """Per-token DSelect-k gate over E experts with k selectors."""
 
+    @dataclass
+    class Config(RouterConfig):
+        aux_loss_coeff: float = 0.0
+        """DSelect-k has an entropy regulariser instead (--dselectk-entropy-coeff)."""
+        topk: int = 2
+        """k single-expert selectors."""
+        dselectk_gamma: float = 1.0
+        """Smooth-step width gamma: its polynomial region is [-gamma/2, gamma/2] (k is --moe-router-topk)."""
+        dselectk_entropy_coeff: Optional[float] = None
+        """Weight of the selectors' entropy averaged over tokens (drives the gate to be sparse);
+        default: the official code's 1e-6 on a sum over the batch, i.e. 1e-6 x micro-batch tokens."""
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.dselectk_gamma <= 0:
+                raise InputError("--dselectk-gamma must be > 0")
+            if self.dselectk_entropy_coeff is not None and self.dselectk_entropy_coeff < 0:
+                raise InputError("--dselectk-entropy-coeff must be >= 0")
+
+        def resolved(self, run: RunShape) -> "DSelectKRouter.Config":
+            if self.dselectk_entropy_coeff is not None:
+                return self
+            return self.replace(dselectk_entropy_coeff=official_entropy_coeff(run.tokens_per_microbatch))
+
     LOSS_NAMES = ("entropy", "unreachable")
     FIXED_TOPK = False  # every expert while the bits are soft, <= k once they are binary
 
@@ -113,12 +140,14 @@ class DSelectKRouter(Router):
         """k selectors of m = ceil(log2 E) bit logits plus k selector logits: 2*h*k*(m+1)."""
         return 2.0 * config.hidden_size * config.moe_router_topk * (num_binary_digits(config.num_moe_experts) + 1)
 
+    @classmethod
+    def architecture_meta(cls, config) -> dict:
+        return {"moe_router_topk": config.moe_router_topk}  # the number of selectors
+
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         self.k = config.moe_router_topk
         self.gamma = self.options.dselectk_gamma
-        if self.gamma <= 0:
-            raise ValueError(f"--dselectk-gamma must be > 0, got {self.gamma}")
         num_bits = num_binary_digits(self.num_experts)
         self.num_bits = num_bits
         self.power_of_two = self.num_experts == 2**num_bits

@@ -8,7 +8,7 @@ saving capacity; e1 keeps its normalised weight either way. Random routing is ap
 only, so evaluation is deterministic (both experts).
 
 Aux loss: the paper's (1/E) sum_e (c_e / S) m_e with c_e the number of tokens whose first choice is
-e and m_e the mean gate, scaled by E^2 (see ``balance.gshard_balance_loss``), alpha = 0.01.
+e and m_e the mean gate, scaled by E^2 (see ``moe/balance.py``), alpha = 0.01.
 
 Capacity: the MoE layer applies ``--moe-expert-capacity-factor`` with k = 2 (C = 2 f S / E). GShard
 fills experts with all first choices before any second choice; with ``--moe-token-drop-policy
@@ -19,11 +19,13 @@ within each group).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from megatron_evomoe.moe.router import Router, RoutingDecision
+from megatron_evomoe.moe.router_config import RouterConfig
 
 
 def top2_gating(
@@ -51,6 +53,18 @@ def top2_gating(
 
 class GShardRouter(Router):
     """Top-2 gate with the GShard balance loss and optional random routing of the second expert."""
+
+    @dataclass
+    class Config(RouterConfig):
+        aux_loss_coeff: float = 0.01
+        """GShard's alpha (as in fairseq and megatron): 1e-2."""
+        topk: int = 2
+        """GShard is a top-2 gate."""
+        gshard_random_routing: bool = True
+        """In training, use the 2nd expert only if 2*g2 > U(0,1), g2 normalised over the top-2 (GShard
+        Algorithm 1; on by default, --no-gshard-random-routing: always both experts)."""
+
+        TOPK_CHOICES = (2,)
 
     LOSS_NAMES = ("balance",)
 

@@ -15,19 +15,22 @@ balance loss). Two tables (``--hash-type``):
 
 The table is a persistent int64 buffer: it is saved in every checkpoint and restored on resume (the
 balanced table is then not rebuilt). Token ids reach the router on every pipeline stage through the
-MoE layer (``models/token_ids.py``).
+MoE layer (``moe/token_ids.py``).
 """
 
 from __future__ import annotations
 
 import heapq
-import zlib
-from typing import Optional
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision
+from megatron_evomoe.moe.router_config import RouterConfig
+from megatron_evomoe.seeding import stable_seed
 
 UNSET = -1
 """Table entry of a balanced table not yet built from data."""
@@ -65,13 +68,33 @@ def balanced_hash_table(token_counts: torch.Tensor, num_experts: int) -> torch.T
 
 
 def _layer_seed(seed: int, layer_number: Optional[int]) -> int:
-    return zlib.crc32(f"hash_router|{seed}|{layer_number}".encode()) & 0x7FFFFFFF
+    return stable_seed("hash_router", seed, layer_number)
 
 
 class HashRouter(Router):
     """Fixed token-id -> expert routing from a random or frequency-balanced table."""
 
+    @dataclass
+    class Config(RouterConfig):
+        aux_loss_coeff: float = 0.0
+        """Fixed routing: nothing to balance."""
+        hash_type: Literal["random", "balanced"] = "random"
+        """'random' (a fixed random token->expert table per layer) or 'balanced' (built from
+        training-data token frequencies, most frequent tokens first into the emptiest expert)."""
+        hash_frequency_samples: int = 2000
+        """Training samples read to count token frequencies for the balanced hash."""
+
+        TOPK_CHOICES = (1,)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.hash_type not in ("random", "balanced"):
+                raise InputError(f"--hash-type must be 'random' or 'balanced', got {self.hash_type!r}")
+            if self.hash_frequency_samples < 1:
+                raise InputError("--hash-frequency-samples must be >= 1")
+
     LOSS_NAMES = ()
+    NEEDS_TOKEN_IDS = True
 
     @classmethod
     def gate_flops(cls, config, state) -> float:
@@ -83,8 +106,6 @@ class HashRouter(Router):
         if config.vocab_size <= 0:
             raise ValueError("hash routing needs the vocabulary size (ModelConfig.vocab_size)")
         self.hash_type = self.options.hash_type
-        if self.hash_type not in ("random", "balanced"):
-            raise ValueError(f"--hash-type must be 'random' or 'balanced', got {self.hash_type!r}")
         self.NEEDS_TOKEN_COUNTS = self.hash_type == "balanced"
         table = torch.full((config.vocab_size,), UNSET, dtype=torch.long)
         if self.hash_type == "random":
@@ -96,6 +117,9 @@ class HashRouter(Router):
         if self.hash_type == "random":
             fresh = random_hash_table(self.table.numel(), self.num_experts, _layer_seed(self.config.seed, layer_number))
             self.table.copy_(fresh.to(self.table.device))
+
+    def token_count_samples(self) -> int:
+        return self.options.hash_frequency_samples
 
     def prepare_from_data(self, token_counts: torch.Tensor) -> None:
         """Build the balanced table from ``[vocab]`` training-data token counts."""

@@ -33,19 +33,27 @@ default; the reference leaves it at that).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from megatron_evomoe.models.init import set_init_rule
-from megatron_evomoe.moe import schedule
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.balance import stablemoe_balance_loss
-from megatron_evomoe.moe.router import (
-    Router, RoutingDecision, RoutingState, mark_sequence_parallel, orthogonal_centroids,
-)
+from megatron_evomoe.moe.router import Router, RoutingDecision, mark_sequence_parallel, orthogonal_centroids
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState, RunShape
+from megatron_evomoe.seeding import set_init_rule
 
 UNSET = -1
+
+STAGE1 = "stage1"
+"""Phase of the first ``--stablemoe-stage1-iters`` steps: routing learned and distilled."""
+STAGE2 = "stage2"
+"""Phase after stage 1: routing frozen (a token-id lookup)."""
+
+STAGE1_PERCENT = 10
+"""Stage 1 in percent of --train-iters when --stablemoe-stage1-iters is not given."""
 
 
 class DistilledRouter(torch.nn.Module):
@@ -72,16 +80,67 @@ class DistilledRouter(torch.nn.Module):
 class StableMoERouter(Router):
     """Two-stage StableMoE routing; the phase comes from the controller (``stage1`` / ``stage2``)."""
 
+    @dataclass
+    class Config(RouterConfig):
+        aux_loss_coeff: float = 0.3
+        """StableMoE's balance loss alpha (Dai et al. 2022): 0.3."""
+        stablemoe_stage1_iters: Optional[int] = None
+        """Iterations of stage 1 (learn + distill routing), frozen afterwards; default 10% of
+        --train-iters."""
+        stablemoe_distill_coeff: float = 0.3
+        """Weight of the distillation cross-entropy, mean over tokens (balance alpha is
+        --moe-aux-loss-coeff)."""
+        stablemoe_distill_dim: int = 50
+        """Dimension of the distilled router's word embedding."""
+
+        TOPK_CHOICES = (1,)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.stablemoe_stage1_iters is not None and self.stablemoe_stage1_iters < 0:
+                raise InputError("--stablemoe-stage1-iters must be >= 0")
+            if self.stablemoe_distill_coeff < 0:
+                raise InputError("--stablemoe-distill-coeff must be >= 0")
+            if self.stablemoe_distill_dim < 1:
+                raise InputError("--stablemoe-distill-dim must be >= 1")
+
+        def resolved(self, run: RunShape) -> "StableMoERouter.Config":
+            if self.stablemoe_stage1_iters is not None:
+                return self
+            return self.replace(stablemoe_stage1_iters=max(1, run.train_iters * STAGE1_PERCENT // 100))
+
+        def routing_state(self, iteration: int) -> RoutingState:
+            phase = STAGE1 if iteration < self.stablemoe_stage1_iters else STAGE2
+            return RoutingState(iteration=iteration, phase=phase)
+
+        def schedule_end(self) -> int:
+            return self.stablemoe_stage1_iters
+
+        def schedule_meta(self) -> dict:
+            return {"stablemoe_stage1_iters": self.stablemoe_stage1_iters}
+
+        def describe_schedule(self, train_iters: int) -> str:
+            stage1 = self.stablemoe_stage1_iters
+            return f"StableMoE schedule: stage 1 for {stage1} iterations, routing frozen from iteration {stage1}"
+
+        # serving_state: None, because stage-1 evaluation already routes with the distilled router it
+        # will freeze (the module docstring says why).
+
     LOSS_NAMES = ("balance", "distill")
+    NEEDS_TOKEN_IDS = True
 
     @classmethod
     def gate_flops(cls, config, state) -> float:
         """Token-centroid scores 2*h*E (both stages: they scale the output), plus the distilled
         router's 2*d*E in stage 1 (its embedding lookup is free; stage 2 is a table lookup)."""
         scores = 2.0 * config.hidden_size * config.num_moe_experts
-        if state.phase == schedule.STABLEMOE_STAGE2:
+        if state.phase == STAGE2:
             return scores
         return scores + 2.0 * config.moe_router.stablemoe_distill_dim * config.num_moe_experts
+
+    @classmethod
+    def architecture_meta(cls, config) -> dict:
+        return {"stablemoe_distill_dim": config.moe_router.stablemoe_distill_dim}
 
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
@@ -96,11 +155,11 @@ class StableMoERouter(Router):
         self.register_buffer(
             "frozen_table", torch.full((config.vocab_size,), UNSET, dtype=torch.long), persistent=True
         )  # [vocab] stage-2 expert of each token id
-        self.routing_state = RoutingState(phase=schedule.STABLEMOE_STAGE1)
+        self.routing_state = RoutingState(phase=STAGE1)
 
     @property
     def in_stage2(self) -> bool:
-        return self.routing_state.phase == schedule.STABLEMOE_STAGE2
+        return self.routing_state.phase == STAGE2
 
     def set_routing_state(self, state: RoutingState) -> None:
         super().set_routing_state(state)

@@ -26,6 +26,12 @@ def softmax64(hidden: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def assignment_score(scores: torch.Tensor, expert: torch.Tensor) -> float:
+    """Total score ``sum_t scores[t, expert[t]]`` of an assignment, in numpy float64."""
+    chosen = scores.double().numpy()[np.arange(scores.shape[0]), expert.numpy()]
+    return float(chosen.sum())
+
+
 def optimum(scores: torch.Tensor) -> float:
     """Best total score with at most ceil(T/E) tokens per expert (scipy's linear_sum_assignment with
     each expert as ceil(T/E) slots): the oracle of balanced assignments."""

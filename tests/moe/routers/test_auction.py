@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from megatron_evomoe.moe.auction import assignment_score, balanced_assignment
-from tests.moe.routers.oracles import optimum
+from megatron_evomoe.moe.auction import balanced_assignment
+from tests.moe.routers.oracles import assignment_score, optimum
 
 
 @pytest.mark.parametrize("num_tokens,num_experts", [(64, 4), (96, 8), (200, 5), (512, 16)])

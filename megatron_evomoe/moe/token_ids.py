@@ -7,6 +7,13 @@ megatron-core 0.16.1 passes ``padding_mask`` from ``GPTModel.forward`` through `
 providers therefore pass the ``[b, s]`` int64 token ids there; only our MoE layer reads them.
 megatron scatters the tensor for sequence parallelism on the first stage only, so later stages
 receive the whole sequence: :func:`routing_token_ids` takes this TP rank's slice when needed.
+
+Version range: this holds for megatron-core 0.16.x. megatron's own ``MoELayer.forward`` (which ours
+replaces, so it never runs here) reads ``padding_mask`` as a padding mask,
+``padding_mask.transpose(0, 1).bool()``; newer megatron-core versions give the argument that meaning
+on more of its way to the MLP. ``tests/moe/test_token_ids_guard.py`` builds a GPTModel from our spec
+and fails loudly if our layer no longer receives exactly the int64 ids the model was given (forward
+and activation recomputation): check it first when upgrading megatron-core.
 """
 
 from __future__ import annotations

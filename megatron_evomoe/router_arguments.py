@@ -1,0 +1,84 @@
+"""The router flags, generated from the routers' ``Config`` classes, and their values read back.
+
+``--moe-router-type`` chooses from the registry (``moe/routers/__init__.py``). The fields every
+router has (``moe.router_config.RouterConfig``: ``--moe-aux-loss-coeff``, ``--moe-router-topk``)
+are one flag each, defaulting to the chosen router's own value. Every router's own fields become a
+flag group of their own (``config_flags.py``: name, type, default and help from the field and its
+docstring), so a router's flags change only in its file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, List
+
+from megatron_evomoe.config_flags import FlagSpec, add_flags, flag_specs, values_from_args
+from megatron_evomoe.moe.router_config import RouterConfig, RunShape
+from megatron_evomoe.moe.routers import available_routers, router_class
+
+ROUTER_GROUP_PREFIX = "router "
+"""Titles of the per-router flag groups start with this (``model_args.py`` saves them as model flags)."""
+
+DEFAULT_ROUTER = "switch"
+
+
+def _shared_specs() -> List[FlagSpec]:
+    return flag_specs(RouterConfig)
+
+
+def _own_specs(config_class: type) -> List[FlagSpec]:
+    shared = {field.name for field in dataclasses.fields(RouterConfig)}
+    return [spec for spec in flag_specs(config_class) if spec.field not in shared]
+
+
+def config_default(config_class: type, name: str) -> Any:
+    """The default of field ``name`` of a router's ``Config``."""
+    return next(field.default for field in dataclasses.fields(config_class) if field.name == name)
+
+
+def _summary(router: type) -> str:
+    """The first sentence of the router module's docstring."""
+    doc = (sys.modules[router.__module__].__doc__ or router.__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def add_router_args(parser: argparse.ArgumentParser, moe_group) -> None:
+    """``--moe-router-type`` and the shared router flags in ``moe_group``; one group per router."""
+    names = available_routers()
+    moe_group.add_argument("--moe-router-type", choices=names, default=DEFAULT_ROUTER, help="the gate of every MoE layer")
+    for spec in _shared_specs():
+        defaults = ", ".join(f"{name} {config_default(router_class(name).Config, spec.field)}" for name in names)
+        help_text = f"{spec.kwargs['help'].rstrip('.')}: {defaults}"
+        moe_group.add_argument(spec.name, **{**spec.kwargs, "default": None, "help": help_text})
+    added = {spec.name for spec in _shared_specs()}
+    for name in names:
+        router = router_class(name)
+        specs = _own_specs(router.Config)
+        if specs:
+            title = f"{ROUTER_GROUP_PREFIX}{name} (--moe-router-type {name})"
+            add_flags(parser.add_argument_group(title, _summary(router).replace("%", "%%")), specs, added)
+
+
+def selected_topk(args: argparse.Namespace) -> int:
+    """``--moe-router-topk``, or the chosen router's default."""
+    if args.moe_router_topk is not None:
+        return args.moe_router_topk
+    return config_default(router_class(args.moe_router_type).Config, "topk")
+
+
+def router_config_from_args(args: argparse.Namespace, run: RunShape) -> RouterConfig:
+    """The chosen router's ``Config``, validated and resolved for ``run``.
+
+    Every other router's flags are validated too (their values are not used): a bad value is an
+    error whichever router a script selects, so switching routers never uncovers one later.
+    """
+    selected = router_class(args.moe_router_type).Config
+    shared = {args.moe_router_type: values_from_args(_shared_specs(), args, selected)}  # the chosen router's only
+    configs = {}
+    for name in available_routers():
+        config_class = router_class(name).Config
+        values = values_from_args(_own_specs(config_class), args, config_class)
+        configs[name] = config_class(**values, **shared.get(name, {})).resolved(run)
+    return configs[args.moe_router_type]
