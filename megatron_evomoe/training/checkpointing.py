@@ -32,6 +32,9 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.module import Float16Module
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_evomoe.training.optimizer_checkpoint import FORMAT as OPTIMIZER_FORMAT
+from megatron_evomoe.training.optimizer_checkpoint import ModelSpaceOptimizerState
+
 logger = logging.getLogger(__name__)
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -121,7 +124,7 @@ def save_checkpoint(
     model_sd = _model_sharded_state_dict(model_chunks)
     sharded = {
         "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd),
+        "optimizer": ModelSpaceOptimizerState(optimizer, model_sd, is_loading=False).sharded_state_dict(),
         "opt_param_scheduler": scheduler.state_dict(),
         "train_state": asdict(state),
         "extra": extra or {},
@@ -185,8 +188,13 @@ def load_checkpoint(
     check_run_meta(ckpt_dir, run_meta or {}, meta_keys or [])
     model_sd = _model_sharded_state_dict(model_chunks)
     template: Dict[str, Any] = {"model": model_sd}
+    optimizer_state = None
     if optimizer is not None:
-        template["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
+        if _optimizer_format(ckpt_dir) == OPTIMIZER_FORMAT:
+            optimizer_state = ModelSpaceOptimizerState(optimizer, model_sd, is_loading=True)
+            template["optimizer"] = optimizer_state.sharded_state_dict()
+        else:  # older checkpoints: megatron's chained format, loadable under the same layout only
+            template["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
     same_world = _saved_world_size(ckpt_dir) == dist.get_world_size()
     if load_rng and same_world:
         template["rng_state"] = _rng_sharded_object(None)
@@ -201,7 +209,9 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {ckpt_dir} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    if optimizer is not None:
+    if optimizer_state is not None:
+        optimizer_state.load(loaded["optimizer"])
+    elif optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None and "opt_param_scheduler" in loaded:
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
@@ -226,6 +236,15 @@ def _real_mismatches(result) -> tuple[list, list]:
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("_extra_state")]
     return missing, unexpected
+
+
+def _optimizer_format(ckpt_dir: str) -> Optional[str]:
+    try:
+        common = dist_checkpointing.load_common_state_dict(ckpt_dir)
+    except Exception:  # noqa: BLE001 - unreadable: the load below names the problem
+        return None
+    optimizer = common.get("optimizer") if isinstance(common, dict) else None
+    return optimizer.get("format") if isinstance(optimizer, dict) else None
 
 
 def _saved_world_size(ckpt_dir: str) -> Optional[int]:
