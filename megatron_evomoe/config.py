@@ -131,6 +131,10 @@ class LRScheduleConfig:
     decay_iters: Optional[int] = None
     """Iterations to decay over (default: train_iters)."""
     weight_decay: float = 0.01
+    override_opt_param_scheduler: bool = False
+    """On resume, take the schedule from these values, not the checkpoint (Megatron-LM's flag)."""
+    use_checkpoint_opt_param_scheduler: bool = False
+    """On resume, keep the checkpoint's schedule. With neither flag, a difference is an error."""
 
 
 @dataclass
@@ -151,6 +155,12 @@ class TrainingConfig:
     """Load only the model weights from --load and start at iteration 0."""
     no_load_optim: bool = False
     no_load_rng: bool = False
+    ckpt_step: Optional[int] = None
+    """Load this iteration from ``load`` instead of the tracker's (Megatron-LM's --ckpt-step)."""
+    save_retain: Optional[int] = None
+    """Keep only the newest N checkpoints in ``save`` (None: all)."""
+    allow_nonfinite_load: bool = False
+    """Load a checkpoint holding NaN/inf with a warning instead of refusing it."""
     tensorboard_dir: Optional[str] = None
     log_json: Optional[str] = None
     log_routing_probe: int = 0

@@ -1,15 +1,20 @@
-"""Checkpoints through megatron-core's distributed checkpointing (resharding across TP/PP/EP).
+"""Checkpoints through megatron-core's distributed checkpointing (resharding across TP/PP/EP/DP).
 
 Layout of ``--save DIR``::
 
-    DIR/latest_checkpointed_iteration.txt   the iteration of the newest complete checkpoint
-    DIR/iter_0000020/                       megatron dist_checkpointing files (+ run_meta.json)
+    DIR/latest_checkpointed_iteration.txt   the iteration of the newest good checkpoint
+    DIR/iter_0000020/                       megatron dist_checkpointing files, run_meta.json,
+                                            checksums.json (size and CRC-32 of every file)
+    DIR/iter_0000024.nonfinite/             written during a non-finite streak: never latest
 
 A checkpoint is written to ``iter_XXXXXXX.tmp`` by all ranks, renamed by rank 0 once every rank
 has finished, and only then does the tracker move (written to a temporary file and renamed). A
 crash at any point leaves the previous checkpoint as the one that loads. Model, optimizer (with
-fp32 master weights and Adam moments), LR scheduler, the training position, the phase controller
-and per-rank RNG states are saved; RNG states are restored only under the same world size.
+fp32 master weights and Adam moments, keyed in model space: ``optimizer_checkpoint.py``), LR
+scheduler, the training position, the phase controller and per-rank RNG states are saved; RNG
+states are restored only under the same world size. ``common.pt`` also holds what Megatron-LM's
+loader reads (``args``, ``iteration``, ``checkpoint_version``, ...; ``megatron_lm_args.py``).
+At load, files are checked against their checksums and tensors must be finite.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
@@ -32,6 +38,8 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.module import Float16Module
 from torch.distributed.checkpoint.api import CheckpointException
 
+from megatron_evomoe.training.checkpoint_integrity import CorruptCheckpoint, verify_manifest, write_manifest
+from megatron_evomoe.training.finite_check import first_nonfinite_loaded
 from megatron_evomoe.training.optimizer_checkpoint import FORMAT as OPTIMIZER_FORMAT
 from megatron_evomoe.training.optimizer_checkpoint import ModelSpaceOptimizerState
 
@@ -39,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 META_FILE = "run_meta.json"
+NONFINITE_SUFFIX = ".nonfinite"
+_ITER_DIR = re.compile(r"iter_(\d{7})")
 
 
 class CheckpointError(ValueError):
@@ -111,9 +121,15 @@ def save_checkpoint(
     scheduler,
     extra: Optional[Dict[str, Any]] = None,
     run_meta: Optional[Dict[str, Any]] = None,
+    common: Optional[Dict[str, Any]] = None,
+    latest: bool = True,
 ) -> str:
-    """Write the checkpoint of ``state.iteration`` atomically; returns its directory."""
-    final_dir = checkpoint_dir(root, state.iteration)
+    """Write the checkpoint of ``state.iteration`` atomically; returns its directory.
+
+    ``common`` adds top-level entries to ``common.pt`` (Megatron-LM's ``args``, ``iteration``, ...).
+    With ``latest=False`` the checkpoint goes to ``iter_XXXXXXX.nonfinite`` and the tracker stays.
+    """
+    final_dir = checkpoint_dir(root, state.iteration) if latest else nonfinite_dir(root, state.iteration)
     tmp_dir = final_dir + ".tmp"
     rank = dist.get_rank()
     if rank == 0:
@@ -129,26 +145,59 @@ def save_checkpoint(
         "train_state": asdict(state),
         "extra": extra or {},
         "rng_state": _rng_sharded_object(_rng_state()),
+        **(common or {}),
     }
     dist_checkpointing.save(sharded, tmp_dir)
     dist.barrier()
     if rank == 0:
         with open(os.path.join(tmp_dir, META_FILE), "w") as f:
             json.dump(run_meta or {}, f, indent=1, sort_keys=True)
+    dist.barrier()
+    write_manifest(tmp_dir)
+    if rank == 0:
         if os.path.exists(final_dir):
-            stale = final_dir + ".old"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final_dir, stale)
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_directory(final_dir)
         os.replace(tmp_dir, final_dir)
-        tracker_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
-        with open(tracker_tmp, "w") as f:
-            f.write(str(state.iteration))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tracker_tmp, os.path.join(root, TRACKER_FILE))
+        if latest:
+            write_tracker(root, state.iteration)
     dist.barrier()
     return final_dir
+
+
+def nonfinite_dir(root: str, iteration: int) -> str:
+    """``root/iter_0000042.nonfinite``: a checkpoint written during a non-finite streak (never latest)."""
+    return checkpoint_dir(root, iteration) + NONFINITE_SUFFIX
+
+
+def write_tracker(root: str, iteration: Optional[int]) -> None:
+    """Atomically make ``iteration`` the latest checkpoint of ``root`` (None: remove the tracker)."""
+    path = os.path.join(root, TRACKER_FILE)
+    if iteration is None:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    tracker_tmp = path + ".tmp"
+    with open(tracker_tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tracker_tmp, path)
+
+
+def remove_directory(path: str) -> None:
+    """Delete a checkpoint directory; renamed first, so no half-deleted ``iter_*`` is ever visible."""
+    stale = path + ".old"
+    shutil.rmtree(stale, ignore_errors=True)
+    os.replace(path, stale)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def saved_iterations(root: str) -> List[int]:
+    """Iterations of the complete checkpoints (``iter_XXXXXXX`` directories) in ``root``, ascending."""
+    if not os.path.isdir(root):
+        return []
+    found = (_ITER_DIR.fullmatch(name) for name in os.listdir(root))
+    return sorted(int(m.group(1)) for m in found if m and os.path.isdir(os.path.join(root, m.group(0))))
 
 
 def check_run_meta(ckpt_dir: str, run_meta: Dict[str, Any], keys: List[str]) -> None:
@@ -178,14 +227,26 @@ def load_checkpoint(
     meta_keys: Optional[List[str]] = None,
     strict_model: bool = True,
     iteration: Optional[int] = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[TrainState, Dict[str, Any]]:
     """Load the newest (or the given) checkpoint from ``root`` into the model and, if given, the
-    optimizer and scheduler. Returns the saved TrainState and the ``extra`` dict."""
+    optimizer and scheduler. Returns the saved TrainState and the ``extra`` dict.
+
+    Every file is checked against the checksums written at save, and loaded weights and optimizer
+    state must be finite (``allow_nonfinite``: only warn).
+    """
+    named_by_tracker = iteration is None
     iteration = read_tracker(root) if iteration is None else iteration
     ckpt_dir = checkpoint_dir(root, iteration)
     if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"tracker in {root} names iteration {iteration}, but {ckpt_dir} is missing")
+        if named_by_tracker:
+            raise CheckpointError(f"tracker in {root} names iteration {iteration}, but {ckpt_dir} is missing")
+        raise CheckpointError(f"no checkpoint of iteration {iteration} in {root}: {ckpt_dir} is missing")
     check_run_meta(ckpt_dir, run_meta or {}, meta_keys or [])
+    try:
+        verify_manifest(ckpt_dir)
+    except CorruptCheckpoint as exc:
+        raise CheckpointError(str(exc)) from exc
     model_sd = _model_sharded_state_dict(model_chunks)
     template: Dict[str, Any] = {"model": model_sd}
     optimizer_state = None
@@ -202,7 +263,10 @@ def load_checkpoint(
         loaded = dist_checkpointing.load(template, ckpt_dir, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
     except (Exception, CheckpointException) as exc:  # many types (CheckpointException is a BaseException)
         raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {type(exc).__name__}: {exc}") from exc
-    missing, unexpected = [], []
+    named = list(loaded["model"].items())
+    if optimizer_state is not None:
+        named += optimizer_state.named_tensors(loaded["optimizer"])
+    _refuse_nonfinite(ckpt_dir, named, allow_nonfinite)
     result = unwrap_model(model_chunks[0]).load_state_dict(loaded["model"], strict=False)
     missing, unexpected = _real_mismatches(result)
     if strict_model and (missing or unexpected):
@@ -222,6 +286,17 @@ def load_checkpoint(
             logger.warning("checkpoint saved under another world size: RNG states not restored")
     state = TrainState(**loaded.get("train_state", {"iteration": iteration}))
     return state, loaded.get("extra", {})
+
+
+def _refuse_nonfinite(ckpt_dir: str, named: list, allow: bool) -> None:
+    name = first_nonfinite_loaded(named)
+    if name is None:
+        return
+    message = f"checkpoint {ckpt_dir} holds non-finite values in {name}"
+    if not allow:
+        raise CheckpointError(message + " (--allow-nonfinite-load loads it anyway)")
+    if dist.get_rank() == 0:
+        logger.warning("%s; loading it anyway (--allow-nonfinite-load)", message)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

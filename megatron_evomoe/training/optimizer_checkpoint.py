@@ -21,7 +21,7 @@ betas and eps are this run's flags (as when the optimizer was built).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from megatron.core.dist_checkpointing.dict_utils import dict_list_map_outplace, nested_values
@@ -54,11 +54,13 @@ class ModelSpaceOptimizerState:
             for inner in self.inners
         ]
 
+    def _leaves(self) -> List[ShardedBase]:
+        return [leaf for d in self.inner_dicts for leaf in nested_values(d) if isinstance(leaf, ShardedBase)]
+
     def sharded_state_dict(self) -> Dict[str, Any]:
         """What goes into the checkpoint under ``optimizer``."""
         # Keyed by local position: one parameter key can have several local shards (experts).
-        leaves = [leaf for d in self.inner_dicts for leaf in nested_values(d) if isinstance(leaf, ShardedBase)]
-        tensors = {str(i): leaf for i, leaf in enumerate(leaves)}
+        tensors = {str(i): leaf for i, leaf in enumerate(self._leaves())}
         scaler = next((inner.grad_scaler for inner in self.inners if getattr(inner, "grad_scaler", None)), None)
         return {
             "format": FORMAT,
@@ -66,6 +68,10 @@ class ModelSpaceOptimizerState:
             "step": adam_step(self.inners),
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
         }
+
+    def named_tensors(self, loaded: Dict[str, Any]) -> List[Tuple[str, torch.Tensor]]:
+        """``(checkpoint key, tensor)`` of the loaded ``optimizer`` entry."""
+        return [(leaf.key, loaded["tensors"][str(i)]) for i, leaf in enumerate(self._leaves())]
 
     def load(self, loaded: Dict[str, Any]) -> None:
         """Put the loaded ``optimizer`` entry into the optimizer."""
