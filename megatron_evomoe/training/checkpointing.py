@@ -49,6 +49,14 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 META_FILE = "run_meta.json"
 NONFINITE_SUFFIX = ".nonfinite"
 _ITER_DIR = re.compile(r"iter_(\d{7})")
+CONTENT_METADATA = {
+    "non_homogeneous_layers": True,  # one key per layer (decoder.layers.3....), MoE or dense
+    "singleton_local_shards": False,
+    "chained_optim_avoid_prefix": True,  # optimizer tensors keyed by parameter only
+    "distrib_optim_sharding_type": "fully_reshardable",
+}
+"""How the tensors are keyed, stored in the checkpoint as Megatron-LM does; its loader (and ours)
+builds the model's keys from it."""
 
 
 class CheckpointError(ValueError):
@@ -107,10 +115,10 @@ def _rng_sharded_object(data: Any) -> ShardedObject:
     return ShardedObject("rng_state", data, (world,), (rank,), replica_id=0)
 
 
-def _model_sharded_state_dict(model_chunks: List[torch.nn.Module]) -> Dict[str, Any]:
+def _model_sharded_state_dict(model_chunks: List[torch.nn.Module], metadata: Optional[dict]) -> Dict[str, Any]:
     if len(model_chunks) != 1:
         raise NotImplementedError("virtual pipeline stages are not supported")
-    return unwrap_model(model_chunks[0]).sharded_state_dict()
+    return unwrap_model(model_chunks[0]).sharded_state_dict(metadata=metadata)
 
 
 def save_checkpoint(
@@ -137,7 +145,7 @@ def save_checkpoint(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         os.makedirs(tmp_dir)
     dist.barrier()
-    model_sd = _model_sharded_state_dict(model_chunks)
+    model_sd = _model_sharded_state_dict(model_chunks, CONTENT_METADATA)
     sharded = {
         "model": model_sd,
         "optimizer": ModelSpaceOptimizerState(optimizer, model_sd, is_loading=False).sharded_state_dict(),
@@ -147,7 +155,7 @@ def save_checkpoint(
         "rng_state": _rng_sharded_object(_rng_state()),
         **(common or {}),
     }
-    dist_checkpointing.save(sharded, tmp_dir)
+    dist_checkpointing.save(sharded, tmp_dir, content_metadata=CONTENT_METADATA)
     dist.barrier()
     if rank == 0:
         with open(os.path.join(tmp_dir, META_FILE), "w") as f:
@@ -247,11 +255,13 @@ def load_checkpoint(
         verify_manifest(ckpt_dir)
     except CorruptCheckpoint as exc:
         raise CheckpointError(str(exc)) from exc
-    model_sd = _model_sharded_state_dict(model_chunks)
+    common = _common_state(ckpt_dir)
+    # Older checkpoints have no content metadata: megatron's defaults then describe them.
+    model_sd = _model_sharded_state_dict(model_chunks, common.get("content_metadata"))
     template: Dict[str, Any] = {"model": model_sd}
     optimizer_state = None
     if optimizer is not None:
-        if _optimizer_format(ckpt_dir) == OPTIMIZER_FORMAT:
+        if (common.get("optimizer") or {}).get("format") == OPTIMIZER_FORMAT:
             optimizer_state = ModelSpaceOptimizerState(optimizer, model_sd, is_loading=True)
             template["optimizer"] = optimizer_state.sharded_state_dict()
         else:  # older checkpoints: megatron's chained format, loadable under the same layout only
@@ -313,13 +323,13 @@ def _real_mismatches(result) -> tuple[list, list]:
     return missing, unexpected
 
 
-def _optimizer_format(ckpt_dir: str) -> Optional[str]:
+def _common_state(ckpt_dir: str) -> Dict[str, Any]:
+    """``common.pt`` (``{}`` when unreadable: the load itself then names the problem)."""
     try:
         common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    except Exception:  # noqa: BLE001 - unreadable: the load below names the problem
-        return None
-    optimizer = common.get("optimizer") if isinstance(common, dict) else None
-    return optimizer.get("format") if isinstance(optimizer, dict) else None
+    except Exception:  # noqa: BLE001 - many types
+        return {}
+    return common if isinstance(common, dict) else {}
 
 
 def _saved_world_size(ckpt_dir: str) -> Optional[int]:

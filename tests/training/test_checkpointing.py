@@ -177,3 +177,31 @@ def test_resume_keeps_the_checkpoint_padded_vocabulary(tmp_path):
     assert run.model.vocab_size == 128  # TP=1 alone would pad 120 to 120
     fresh = parse_args(tiny_args("--make-vocab-size-divisible-by", "8"))
     assert configure(fresh, lambda a: tokenizer)[0].model.vocab_size == 120
+
+
+def test_checkpoints_of_the_previous_format_still_load(saved, tmp_path, megatron_world_of_one):
+    """Written as before model-space optimizer keys, content metadata and checksums (same layout)."""
+    from dataclasses import asdict
+
+    from megatron.core import dist_checkpointing
+
+    from megatron_evomoe.training.checkpointing import META_FILE, _rng_sharded_object, _rng_state, unwrap_model
+
+    reference = _load_here("--load", os.path.join(saved[0], "ckpt"))
+    root = str(tmp_path / "old")
+    os.makedirs(checkpoint_dir(root, 4))
+    model_sd = unwrap_model(reference.model[0]).sharded_state_dict()
+    dist_checkpointing.save({
+        "model": model_sd,
+        "optimizer": reference.optimizer.sharded_state_dict(model_sd),  # megatron's chained format
+        "opt_param_scheduler": reference.scheduler.state_dict(),
+        "train_state": asdict(reference.state),
+        "extra": {},
+        "rng_state": _rng_sharded_object(_rng_state()),
+    }, checkpoint_dir(root, 4))
+    shutil.copy(os.path.join(saved[0], "ckpt", "iter_0000004", META_FILE), checkpoint_dir(root, 4))
+    with open(os.path.join(root, TRACKER_FILE), "w") as f:
+        f.write("4")
+    session = _load_here("--load", root)
+    assert session.state.iteration == 4
+    assert all(torch.equal(a, b) for a, b in zip(_state_tensors(session), _state_tensors(reference)))
