@@ -167,7 +167,7 @@ class TrainingConfig:
     """Validation tokens whose per-layer expert is logged at each log interval (0: off)."""
     seed: int = 1234
     max_skipped_iters: int = 10
-    """Consecutive non-finite iterations after which training stops (with a checkpoint)."""
+    """Consecutive non-finite iterations after which training stops with an error (checkpoint_keeper.py)."""
     exit_interval: Optional[int] = None
     """Stop (after saving) when the iteration is a multiple of this."""
     dry_run: bool = False

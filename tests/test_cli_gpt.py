@@ -78,3 +78,18 @@ def test_bad_flags_and_bad_data_are_one_line_errors(data):
     )
     result = _run("pretrain_gpt_moe.py", *_flags(data), "--data-path", str(data / "missing"), check=False)
     assert result.returncode == 2 and "missing" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_that_diverges_exits_non_zero_naming_the_last_good_checkpoint(data):
+    ckpt = data / "diverged"
+    flags = [*_flags(data), "--train-iters", "4", "--eval-interval", "100", "--save", str(ckpt),
+             "--save-interval", "1"]
+    result = _run("pretrain_gpt_moe.py", *flags, "--lr", "1e9", check=False)
+    assert result.returncode == 3
+    # Step 1 applies a 1e9-sized update: finite weights (iter_1) that give NaN on every later forward.
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 3 consecutive iterations had a non-finite loss or gradient norm (iterations 2-4); stopping. "
+        f"There is no good checkpoint in {ckpt}. The state at the stop is in {ckpt}/iter_0000004.nonfinite. "
+        f"Checkpoints from the start of the streak were renamed: {ckpt}/iter_0000001.nonfinite."
+    )
+    assert sorted(os.listdir(ckpt)) == [f"iter_000000{i}.nonfinite" for i in range(1, 5)]

@@ -41,7 +41,7 @@ from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_r
 
 
 class TrainingStopped(RuntimeError):
-    """Training cannot continue (e.g. too many non-finite steps); a checkpoint was saved if possible."""
+    """Training cannot continue (non-finite steps or state); the message names the last good checkpoint."""
 
 
 @dataclass
