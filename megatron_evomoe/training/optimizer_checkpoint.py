@@ -103,9 +103,11 @@ def _allocate_state(inner) -> None:
     reads the step from the per-parameter state).
     """
     torch_optimizer = inner.optimizer
-    if len(torch_optimizer.state) == 0 and any(group["params"] for group in torch_optimizer.param_groups):
-        inner.init_state_fn(torch_optimizer, inner.config)
-        set_adam_step([inner], 0)
+    init_state_fn = getattr(inner, "init_state_fn", None)
+    if init_state_fn is None or len(torch_optimizer.state) or not any(g["params"] for g in torch_optimizer.param_groups):
+        return
+    init_state_fn(torch_optimizer, inner.config)
+    set_adam_step([inner], 0)
 
 
 def _add_step(state_dict: Any, step: int) -> None:
