@@ -10,6 +10,7 @@ manifest and load unchecked, with a warning.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -60,20 +61,35 @@ def _gather(local):
     return gathered
 
 
-def write_manifest(ckpt_dir: str) -> None:
-    """Record size and CRC-32 of every file in ``ckpt_dir`` (collective; rank 0 writes the file)."""
-    local = {
-        name: {"size": os.path.getsize(os.path.join(ckpt_dir, name)), "crc32": file_crc32(os.path.join(ckpt_dir, name))}
-        for name in _my_share(_files(ckpt_dir))
-    }
+def checksum_manifest(ckpt_dir: str) -> Dict[str, dict]:
+    """Size and CRC-32 of every file in ``ckpt_dir``, on every rank (collective).
+
+    Raises OSError on every rank when some rank cannot read its share.
+    """
+    local: Dict[str, dict] = {}
+    failure = None
+    try:
+        for name in _my_share(_files(ckpt_dir)):
+            path = os.path.join(ckpt_dir, name)
+            local[name] = {"size": os.path.getsize(path), "crc32": file_crc32(path)}
+    except OSError as exc:
+        failure = f"cannot read {exc.filename}: {exc.strerror}"
     entries: Dict[str, dict] = {}
-    for part in _gather(local):
+    failures = []
+    for part, problem in _gather((local, failure)):
         entries.update(part)
-    if dist.get_rank() == 0:
-        with open(os.path.join(ckpt_dir, MANIFEST_FILE), "w") as f:
-            json.dump({"algorithm": "crc32", "files": entries}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        failures += [problem] if problem else []
+    if failures:
+        raise OSError(errno.EIO, failures[0])
+    return entries
+
+
+def write_manifest_file(ckpt_dir: str, entries: Dict[str, dict]) -> None:
+    """Write ``checksums.json`` (rank 0)."""
+    with open(os.path.join(ckpt_dir, MANIFEST_FILE), "w") as f:
+        json.dump({"algorithm": "crc32", "files": entries}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _check_file(ckpt_dir: str, name: str, expected: dict) -> Optional[str]:

@@ -19,13 +19,14 @@ At load, files are checked against their checksums and tensors must be finite.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import random
@@ -38,7 +39,9 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.module import Float16Module
 from torch.distributed.checkpoint.api import CheckpointException
 
-from megatron_evomoe.training.checkpoint_integrity import CorruptCheckpoint, verify_manifest, write_manifest
+from megatron_evomoe.training import checkpoint_files
+from megatron_evomoe.training.checkpoint_integrity import CorruptCheckpoint, checksum_manifest, verify_manifest
+from megatron_evomoe.training.checkpoint_integrity import write_manifest_file
 from megatron_evomoe.training.finite_check import first_nonfinite_loaded
 from megatron_evomoe.training.optimizer_checkpoint import FORMAT as OPTIMIZER_FORMAT
 from megatron_evomoe.training.optimizer_checkpoint import ModelSpaceOptimizerState
@@ -57,6 +60,8 @@ CONTENT_METADATA = {
 }
 """How the tensors are keyed, stored in the checkpoint as Megatron-LM does; its loader (and ours)
 builds the model's keys from it."""
+
+
 
 
 class CheckpointError(ValueError):
@@ -85,10 +90,31 @@ def read_tracker(root: str) -> int:
     path = os.path.join(root, TRACKER_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint in {root}: {TRACKER_FILE} is missing")
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{path}: expected an iteration number, found {text!r}")
+    raw = open(path, "rb").read()
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: expected an iteration number, found {len(raw)} bytes of binary data") from None
+    if not (text.isdigit() and text.isascii()):
+        raise CheckpointError(f"{path}: expected an iteration number, found {text[:40]!r}")
     return int(text)
+
+
+def has_checkpoint(root: str) -> bool:
+    """Whether ``root`` names a checkpoint to resume from (its tracker file exists).
+
+    Without a tracker, ``--load`` starts from scratch, as in Megatron-LM, unless ``root`` holds
+    finished ``iter_*`` directories: then the tracker was lost, and starting over would overwrite them.
+    """
+    if os.path.isfile(os.path.join(root, TRACKER_FILE)):
+        return True
+    finished = sorted(n for n in os.listdir(root) if n.startswith("iter_") and "." not in n) if os.path.isdir(root) else []
+    if finished:
+        raise CheckpointError(
+            f"{root} holds checkpoints ({', '.join(finished[-3:])}) but no {TRACKER_FILE}: write the iteration to "
+            f"resume from into {os.path.join(root, TRACKER_FILE)}, or move them away to start from scratch"
+        )
+    return False
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -136,9 +162,26 @@ def save_checkpoint(
 
     ``common`` adds top-level entries to ``common.pt`` (Megatron-LM's ``args``, ``iteration``, ...).
     With ``latest=False`` the checkpoint goes to ``iter_XXXXXXX.nonfinite`` and the tracker stays.
+
+    Raises CheckpointError (one line: the directory and the OS's reason, e.g. "No space left on
+    device") when it cannot be written; its temporary directory is then removed and the previous
+    checkpoint stays the latest. A failed data-file write fails on every rank; a failure of rank
+    0's own files (``common.pt``) fails rank 0, whose exit makes the launcher stop the others.
     """
     final_dir = checkpoint_dir(root, state.iteration) if latest else nonfinite_dir(root, state.iteration)
     tmp_dir = final_dir + ".tmp"
+    contents = dict(extra=extra, run_meta=run_meta, common=common)
+    try:
+        return _write_checkpoint(root, final_dir, tmp_dir, state, model_chunks, optimizer, scheduler, latest, **contents)
+    except (OSError, RuntimeError, CheckpointException) as exc:
+        reason = checkpoint_files.write_failure_reason(exc, tmp_dir if os.path.isdir(tmp_dir) else root)
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final_dir}: {reason}") from exc
+
+
+def _write_checkpoint(root, final_dir, tmp_dir, state, model_chunks, optimizer, scheduler, latest, extra, run_meta,
+                      common) -> str:
     rank = dist.get_rank()
     if rank == 0:
         os.makedirs(root, exist_ok=True)
@@ -157,19 +200,47 @@ def save_checkpoint(
     }
     dist_checkpointing.save(sharded, tmp_dir, content_metadata=CONTENT_METADATA)
     dist.barrier()
-    if rank == 0:
-        with open(os.path.join(tmp_dir, META_FILE), "w") as f:
-            json.dump(run_meta or {}, f, indent=1, sort_keys=True)
-    dist.barrier()
-    write_manifest(tmp_dir)
-    if rank == 0:
-        if os.path.exists(final_dir):
-            remove_directory(final_dir)
-        os.replace(tmp_dir, final_dir)
-        if latest:
-            write_tracker(root, state.iteration)
-    dist.barrier()
+    _on_rank0_for_all(lambda: _write_run_meta(tmp_dir, run_meta))
+    manifest = checksum_manifest(tmp_dir)  # of every file, run_meta.json included
+    _on_rank0_for_all(lambda: _publish(root, final_dir, tmp_dir, state.iteration if latest else None, manifest))
     return final_dir
+
+
+def _on_rank0_for_all(action: Callable[[], None]) -> None:
+    """Run ``action`` on rank 0; if it fails, every rank raises (this replaces a barrier)."""
+    failure = None
+    if dist.get_rank() == 0:
+        try:
+            action()
+        except OSError as exc:
+            failure = exc
+    reason = _from_rank0(None if failure is None else failure.strerror or str(failure))
+    if failure is not None:
+        raise failure
+    if reason is not None:
+        raise OSError(errno.EIO, reason)
+
+
+def _write_run_meta(tmp_dir: str, run_meta: Optional[Dict[str, Any]]) -> None:
+    with open(os.path.join(tmp_dir, META_FILE), "w") as f:
+        json.dump(run_meta or {}, f, indent=1, sort_keys=True)
+
+
+def _publish(root: str, final_dir: str, tmp_dir: str, tracker: Optional[int], manifest: Dict[str, Any]) -> None:
+    """Rank 0: the checksums, rename ``.tmp`` to its final name, then move the tracker (unless None)."""
+    write_manifest_file(tmp_dir, manifest)
+    if os.path.exists(final_dir):
+        remove_directory(final_dir)
+    os.replace(tmp_dir, final_dir)
+    if tracker is not None:
+        write_tracker(root, tracker)
+
+
+def _from_rank0(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def nonfinite_dir(root: str, iteration: int) -> str:
@@ -214,15 +285,27 @@ def check_run_meta(ckpt_dir: str, run_meta: Dict[str, Any], keys: List[str]) -> 
     if not os.path.isfile(path):
         raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint ({META_FILE} missing)")
     try:
-        saved = json.load(open(path))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
+        saved = json.load(open(path, "rb"))
+    except ValueError as exc:  # not JSON, or not text at all
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} is corrupt: expected a JSON object")
     for key in keys:
         if key in saved and key in run_meta and saved[key] != run_meta[key]:
+            if key == "precision":
+                raise CheckpointError(
+                    f"checkpoint {ckpt_dir} was saved in {_precision_flags(saved[key])}, this run is "
+                    f"{_precision_flags(run_meta[key])}: its optimizer state does not fit; use the same precision "
+                    "flag, or take the weights only with --no-load-optim or --finetune"
+                )
             flag = "--" + key.replace("_", "-")
             raise CheckpointError(
                 f"checkpoint {ckpt_dir} was saved with {flag} {saved[key]}, this run has {run_meta[key]}"
             )
+
+
+def _precision_flags(precision: str) -> str:
+    return {"bf16": "bf16 (--bf16)", "fp16": "fp16 (--fp16)"}.get(precision, "fp32 (neither --bf16 nor --fp16)")
 
 
 def load_checkpoint(
@@ -251,10 +334,13 @@ def load_checkpoint(
             raise CheckpointError(f"tracker in {root} names iteration {iteration}, but {ckpt_dir} is missing")
         raise CheckpointError(f"no checkpoint of iteration {iteration} in {root}: {ckpt_dir} is missing")
     check_run_meta(ckpt_dir, run_meta or {}, meta_keys or [])
+    problem = _from_rank0(checkpoint_files.missing_or_truncated(ckpt_dir) if dist.get_rank() == 0 else None)
+    if problem is not None:
+        raise CheckpointError(problem)
     try:
         verify_manifest(ckpt_dir)
-    except CorruptCheckpoint as exc:
-        raise CheckpointError(str(exc)) from exc
+    except CorruptCheckpoint as exc:  # a damaged record header is the more precise message
+        raise CheckpointError(checkpoint_files.first_damaged_record(ckpt_dir) or str(exc)) from exc
     common = _common_state(ckpt_dir)
     # Older checkpoints have no content metadata: megatron's defaults then describe them.
     model_sd = _model_sharded_state_dict(model_chunks, common.get("content_metadata"))
@@ -272,7 +358,7 @@ def load_checkpoint(
     try:
         loaded = dist_checkpointing.load(template, ckpt_dir, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
     except (Exception, CheckpointException) as exc:  # many types (CheckpointException is a BaseException)
-        raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(checkpoint_files.load_failure_reason(ckpt_dir, exc)) from exc
     named = list(loaded["model"].items())
     if optimizer_state is not None:
         named += optimizer_state.named_tensors(loaded["optimizer"])
