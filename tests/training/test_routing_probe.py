@@ -58,4 +58,8 @@ def test_tokens_are_put_back_in_reading_order_across_sequence_parallel_shards():
     tags = torch.arange(b * s).view(b, s).t()  # [s, b] as megatron holds them
     shards = [(rank, torch.stack([tags[2 * rank:2 * rank + 2].reshape(-1)] * 2).tolist()) for rank in (1, 0)]
     record = probe._assemble({0: shards})
-    assert record["experts"] == [[0, 1, 2, 3, 4, 5, 6]]
+    assert record.experts == [[0, 1, 2, 3, 4, 5, 6]]
+    # The gate statistics (rows 2 and 3 of the hook's table) travel the same way.
+    shards = [(rank, torch.stack([tags[2 * rank:2 * rank + 2].reshape(-1).double()] * 4).tolist()) for rank in (1, 0)]
+    record = probe._assemble({0: shards})
+    assert record.gate_entropy == record.gate_margin == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
