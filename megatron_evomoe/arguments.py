@@ -239,6 +239,10 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--max-skipped-iters", type=int, default=10, help="consecutive non-finite steps before stopping")
     g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument(
+        "--exit-signal-handler", action="store_true",
+        help="on SIGTERM (SLURM preemption, time limit) save a checkpoint at the end of the current step and exit 0",
+    )
     g.add_argument("--dry-run", action="store_true", help="validate, print sizes and memory, do not train")
     e = parser.add_argument_group("evaluation, checkpoints, logging")
     e.add_argument("--eval-interval", type=int, default=1000)
@@ -255,6 +259,27 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--finetune", action="store_true", help="load model weights only, start at iteration 0")
     e.add_argument("--no-load-optim", action="store_true")
     e.add_argument("--no-load-rng", action="store_true")
+    e.add_argument(
+        "--ckpt-step", type=int, default=None,
+        help="load the checkpoint of this iteration from --load instead of the latest (rollback)",
+    )
+    e.add_argument(
+        "--save-retain", type=int, default=None, metavar="N",
+        help="keep only the newest N checkpoints in --save (never the one loaded); default: keep all",
+    )
+    e.add_argument(
+        "--allow-nonfinite-load", action="store_true",
+        help="load a checkpoint whose weights or optimizer state hold NaN/inf (warns) instead of refusing",
+    )
+    e.add_argument(
+        "--override-opt_param-scheduler", action="store_true",
+        help="on resume, take --lr, --min-lr, warm-up, decay iterations and style from the flags "
+        "instead of the checkpoint (the schedule position still comes from the checkpoint)",
+    )
+    e.add_argument(
+        "--use-checkpoint-opt_param-scheduler", action="store_true",
+        help="on resume, keep the checkpoint's LR schedule and ignore the flags that differ",
+    )
     e.add_argument("--log-interval", type=int, default=10)
     e.add_argument("--tensorboard-dir", default=None)
     e.add_argument("--log-json", default=None, help="append one JSON object per logged iteration")
@@ -271,11 +296,19 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, invalid choice) are one line with a hint, not the
+    ~100-line usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(
     description: str, extra_args_provider: Optional[Callable[[argparse.ArgumentParser], None]] = None
 ) -> argparse.ArgumentParser:
     """The full parser of a training script (plus the script's own flags, if any)."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = OneLineErrorParser(description=description, allow_abbrev=False)
     _add_model_args(parser)
     _add_parallel_args(parser)
     _add_moe_args(parser)
@@ -346,6 +379,36 @@ def _validate_moe_communication(args: argparse.Namespace, world_size: int) -> No
         )
 
 
+def check_flag_values(args: argparse.Namespace) -> None:
+    """Single flags with values that would crash later (ZeroDivisionError, megatron's asserts) or
+    silently do something else than asked. Checked first, before any flag is used in arithmetic."""
+    for flag in ("num_layers", "hidden_size", "num_attention_heads", "micro_batch_size", "seq_length"):
+        value = getattr(args, flag)
+        _check(value >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    for flag in ("global_batch_size", "ffn_hidden_size", "moe_ffn_hidden_size", "save_interval", "exit_interval",
+                 "lr_decay_iters", "max_position_embeddings"):
+        value = getattr(args, flag)
+        _check(value is None or value >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    _check(
+        args.hidden_size % args.num_attention_heads == 0,
+        f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}",
+    )
+    _check(args.lr > 0, f"--lr must be > 0, got {args.lr} (nothing would train)")
+    _check(args.min_lr >= 0, f"--min-lr must be >= 0, got {args.min_lr}")
+    _check(args.min_lr <= args.lr, f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
+    for flag in ("lr_warmup_iters", "clip_grad", "init_method_std", "weight_decay", "eval_iters"):
+        value = getattr(args, flag)
+        _check(value >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+    _check(
+        args.max_skipped_iters >= 1,
+        f"--max-skipped-iters must be >= 1 (consecutive non-finite steps before stopping), got {args.max_skipped_iters}",
+    )
+    for flag in ("hidden_dropout", "attention_dropout"):
+        value = getattr(args, flag)
+        _check(0 <= value < 1, f"--{flag.replace('_', '-')} must be in [0, 1), got {value}")
+    _check(not args.exit_signal_handler or args.save, "--exit-signal-handler needs --save DIR (it saves before exiting)")
+
+
 def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size: int) -> None:
     dp = layout.data_parallel_size(world_size)
     if args.global_batch_size is None:
@@ -360,6 +423,7 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
     _check(args.log_routing_probe >= 0, "--log-routing-probe must be >= 0")
     if args.save_interval is not None:
         _check(args.save is not None, "--save-interval needs --save DIR")
+    _validate_checkpoint_flags(args)
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
     _check(
@@ -372,6 +436,19 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
              and compat.transformer_engine_available()),
         "--reset-attention-mask needs the local attention (SDPA); Transformer Engine's causal attention "
         "here takes no per-document mask",
+    )
+
+
+def _validate_checkpoint_flags(args: argparse.Namespace) -> None:
+    if args.save_retain is not None:
+        _check(args.save is not None, "--save-retain needs --save DIR")
+        _check(args.save_retain >= 1, f"--save-retain must be >= 1, got {args.save_retain}")
+    if args.ckpt_step is not None:
+        _check(args.load is not None, "--ckpt-step needs --load DIR")
+        _check(args.ckpt_step >= 0, f"--ckpt-step must be >= 0, got {args.ckpt_step}")
+    _check(
+        not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
+        "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler are mutually exclusive",
     )
 
 
@@ -545,6 +622,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
 def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Optional[int] = None) -> RunConfig:
     """Validate ``args`` and build every config. ``vocab_size`` is the padded vocabulary."""
     world_size = world_size or world_size_from_env()
+    check_flag_values(args)
     layout = _validate_parallel(args, world_size)
     _validate_moe_communication(args, world_size)
     _validate_batch(args, layout, world_size)
@@ -586,6 +664,9 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         finetune=args.finetune,
         no_load_optim=args.no_load_optim,
         no_load_rng=args.no_load_rng,
+        ckpt_step=args.ckpt_step,
+        save_retain=args.save_retain,
+        allow_nonfinite_load=args.allow_nonfinite_load,
         tensorboard_dir=args.tensorboard_dir,
         log_json=args.log_json,
         log_routing_probe=args.log_routing_probe,
@@ -593,6 +674,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         seed=args.seed,
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,
+        exit_signal_handler=args.exit_signal_handler,
         dry_run=args.dry_run,
         lr_schedule=LRScheduleConfig(
             lr=args.lr,
@@ -602,6 +684,8 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
             warmup_iters=args.lr_warmup_iters,
             decay_iters=args.lr_decay_iters,
             weight_decay=args.weight_decay,
+            override_opt_param_scheduler=args.override_opt_param_scheduler,
+            use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         ),
     )
     return RunConfig(model, optimizer, ddp, training, layout, world_size, args)
@@ -621,16 +705,28 @@ def parse_args(
 
 
 def architecture_meta(model: ModelConfig) -> dict:
-    """Fields a checkpoint must agree on with the model it is loaded into."""
-    return {
+    """Fields a checkpoint must agree on with the model it is loaded into: every flag that changes
+    a parameter's shape (keys are the flags' names; a router's own sizes only for that router)."""
+    meta = {
         "num_layers": model.num_layers,
         "hidden_size": model.hidden_size,
         "num_attention_heads": model.num_attention_heads,
         "ffn_hidden_size": model.ffn_hidden_size,
         "num_experts": model.num_moe_experts,
+        "moe_ffn_hidden_size": model.moe_ffn_hidden_size,
         "moe_layer_freq": model.moe_layer_freq,
         "moe_router_type": model.moe_router.router_type,
         "padded_vocab_size": model.vocab_size,
         "max_position_embeddings": model.max_position_embeddings,
     }
+    if model.num_moe_experts and model.moe_router.router_type == "dselectk":
+        meta["moe_router_topk"] = model.moe_router_topk  # the number of selectors
+    if model.num_moe_experts and model.moe_router.router_type == "stablemoe":
+        meta["stablemoe_distill_dim"] = model.moe_router.stablemoe_distill_dim
+    return meta
+
+
+def precision_name(model: ModelConfig) -> str:
+    """'bf16', 'fp16' or 'fp32': the flag the optimizer state was built for."""
+    return "bf16" if model.bf16 else "fp16" if model.fp16 else "fp32"
 

@@ -11,6 +11,8 @@ megatron-core 0.16.1 hard-codes CUDA in a handful of modules (``device="cuda"`` 
   checkpointing keep working;
 * swaps the two gradient-clipping helpers that assert CUDA tensor types for CPU versions;
 * lets the async checkpoint writer copy tensors with ``non_blocking=False`` (no CUDA stream to wait on);
+* (every device) keeps the checkpoint writer's helper processes tied to the trainer: no
+  multiprocessing manager, and writer processes that die with the trainer (:func:`die_with_parent`);
 * lets the pipeline's first/last-stage embedding tie keep its weight on the CPU;
 * offers :func:`cuda_type_names`, a context manager used only around optimizer construction, where
   megatron dispatches on ``param.type()`` strings.
@@ -22,8 +24,14 @@ Transformer Engine; it runs on every device. Everything is idempotent.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import importlib
+import multiprocessing
 import os
+import queue
+import signal
+import sys
 from typing import Any, Iterator
 
 import torch
@@ -228,20 +236,30 @@ def _tensor_cuda_is_identity() -> Iterator[None]:
         torch.Tensor.cuda = original
 
 
-def _patch_embedding_tie() -> None:
-    """The first/last-stage embedding tie moves the weight with ``.cuda()`` before its all-reduce."""
-    from megatron.core.models.common.language_module.language_module import LanguageModule
-
-    original = LanguageModule.setup_embeddings_and_output_layer
+def _keep_cuda_calls_on_cpu(owner: Any, name: str) -> None:
+    """Run ``owner.name`` with ``tensor.cuda()`` returning the tensor itself."""
+    original = getattr(owner, name)
     if getattr(original, "_evomoe_cpu", False):
         return
 
-    def setup_embeddings_and_output_layer(self, *args, **kwargs):
+    @functools.wraps(original)
+    def on_cpu(*args, **kwargs):
         with _tensor_cuda_is_identity():
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
 
-    setup_embeddings_and_output_layer._evomoe_cpu = True
-    LanguageModule.setup_embeddings_and_output_layer = setup_embeddings_and_output_layer
+    on_cpu._evomoe_cpu = True
+    setattr(owner, name, on_cpu)
+
+
+def _patch_cuda_moves() -> None:
+    """Methods that move a tensor with ``.cuda()`` before a collective."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    # The first/last-stage embedding tie, before its all-reduce.
+    _keep_cuda_calls_on_cpu(LanguageModule, "setup_embeddings_and_output_layer")
+    # The distributed optimizer's gather of its shards (checkpoints in the fully_reshardable format).
+    _keep_cuda_calls_on_cpu(DistributedOptimizer, "get_parameter_state_dp_zero")
 
 
 def _patch_cpu_rng() -> None:
@@ -264,6 +282,48 @@ def _patch_checkpoint_writer() -> None:
     writer.preload_tensors = staticmethod(preload_tensors)
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the trainer that started it dies (Linux).
+
+    For helper processes (checkpoint writers, DataLoader workers): a trainer killed with SIGKILL
+    (OOM killer, a launcher tearing down the job) must not leave them running, holding memory and
+    the job's stdout (``... | tee log`` would never return). Elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the trainer died before prctl took effect
+
+
+def _patch_checkpoint_writer_processes() -> None:
+    """megatron's checkpoint writer starts a ``multiprocessing`` manager (a spawned server process,
+    ~380 MB, plus a resource tracker) only to carry the write results of a save back to the
+    trainer (filesystem_async.py:55). It outlives a SIGKILLed trainer. Our saves are synchronous,
+    so those results never leave the trainer process: a plain in-process queue carries them. The
+    per-save writer processes (forked) get :func:`die_with_parent`.
+    """
+    fsa = importlib.import_module("megatron.core.dist_checkpointing.strategies.filesystem_async")
+    writer = fsa.FileSystemWriterAsync
+    if getattr(writer.write_preloaded_data, "_evomoe_fixed", False):
+        return
+    fsa._get_write_results_queue = queue.Queue
+    original = writer.write_preloaded_data
+
+    def write_preloaded_data(*args, **kwargs):
+        die_with_parent()
+        return original(*args, **kwargs)
+
+    write_preloaded_data._evomoe_fixed = True
+    writer.write_preloaded_data = staticmethod(write_preloaded_data)
+
+
 def _patch_aux_loss_scale(scaler) -> None:
     """A backward before any schedule ran leaves a 0-d scale; the schedule's later ``copy_`` of a
     ``[1]`` scale into it then fails. Replace the tensor when shape or device differ."""
@@ -281,8 +341,32 @@ def _patch_aux_loss_scale(scaler) -> None:
     scaler.set_loss_scale = staticmethod(set_loss_scale)
 
 
+def _patch_distributed_optimizer_step() -> None:
+    """Without TE/apex, torch's Adam keeps ``step`` in each parameter's state, and the distributed
+    optimizer's checkpoint loaders copy every key of that state from the checkpoint's tensors, which
+    never hold ``step`` (KeyError). The step is restored separately; leave it in place."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(original, "_evomoe_fixed", False):
+        return
+
+    def set_states(self, model_param, tensors):
+        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            step = self.optimizer.state[main_param].get("step")
+            if step is not None:
+                tensors = {**tensors, "step": step}
+        return original(self, model_param, tensors)
+
+    set_states._evomoe_fixed = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+
+
 def apply_megatron_fixes() -> None:
-    """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine."""
+    """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine, and keep its
+    checkpoint writer from leaving processes behind (any machine)."""
     if _STATE["fixes_applied"]:
         return
     moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")
@@ -295,6 +379,8 @@ def apply_megatron_fixes() -> None:
         # is_te_min_version compares None with a Version when TE is absent.
         bert_model.is_te_min_version = lambda *args, **kwargs: False
     _patch_aux_loss_scale(moe_utils.MoEAuxLossAutoScaler)
+    _patch_distributed_optimizer_step()
+    _patch_checkpoint_writer_processes()
     bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
     if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
         # Without apex the BERT LM head's norm is torch's WrappedTorchNorm, which refuses sequence
@@ -332,5 +418,5 @@ def apply_cpu_adaptations() -> None:
     for name in ("megatron.core.optimizer.optimizer", "megatron.core.optimizer.clip_grads"):
         importlib.import_module(name).clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
     _patch_checkpoint_writer()
-    _patch_embedding_tie()
+    _patch_cuda_moves()
     _STATE["cpu_applied"] = True

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Optional, Sequence
 
 from megatron_evomoe import initialize
@@ -18,12 +19,17 @@ from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
 from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
 from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
+from megatron_evomoe.training.startup_checks import check_startup
 
 
 def quiet_megatron() -> None:
-    """Keep megatron-core's INFO/WARNING chatter (e.g. "Unknown MLP type" for our MoE layer) out of
-    the console; errors still show."""
+    """Keep megatron-core's INFO/WARNING chatter (e.g. "Unknown MLP type" for our MoE layer) and
+    torch's deprecation warnings about megatron's checkpoint calls out of the console; errors still show."""
     logging.getLogger("megatron.core").setLevel(logging.ERROR)
+    # A failed checkpoint read or write is raised to us and reported as one line (checkpoint_files.py).
+    logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.CRITICAL)
+    for message in (".*Please use DTensor instead", "`load_state_dict` is deprecated"):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def configure(
@@ -37,7 +43,7 @@ def configure(
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
     )
-    saved = checkpoint_padded_vocab(args.load) if args.load else None
+    saved = checkpoint_padded_vocab(args.load, args.ckpt_step) if args.load else None
     if saved is not None and saved != vocab and saved >= tokenizer.vocab_size:
         # The padding depends on the TP size: resuming under another TP size keeps the
         # checkpoint's embedding shape (when this TP size divides it) instead of failing to load.
@@ -50,10 +56,11 @@ def configure(
     return build_run_config(args, vocab), tokenizer
 
 
-def checkpoint_padded_vocab(root: str) -> Optional[int]:
-    """The padded vocabulary size recorded in the newest checkpoint under ``root`` (None if unknown)."""
+def checkpoint_padded_vocab(root: str, iteration: Optional[int] = None) -> Optional[int]:
+    """The padded vocabulary size recorded in the checkpoint to load (``--ckpt-step`` or the newest)."""
     try:
-        meta_path = os.path.join(checkpoint_dir(root, read_tracker(root)), META_FILE)
+        iteration = read_tracker(root) if iteration is None else iteration
+        meta_path = os.path.join(checkpoint_dir(root, iteration), META_FILE)
         return int(json.load(open(meta_path))["padded_vocab_size"])
     except (CheckpointError, OSError, ValueError, KeyError, TypeError):
         return None
@@ -77,6 +84,7 @@ def main(
         if run.training.dry_run and dry_run is not None:
             dry_run(run, task)
             return None
+        check_startup(run)
         initialize.initialize(run.layout, run.training.seed, args.distributed_timeout_minutes)
         session = pretrain(run, task)
     except ValueError as exc:  # user errors: flags, data, checkpoints

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -24,17 +24,20 @@ from megatron.core.transformer.module import Float16Module
 from torch.utils.data import Dataset
 
 from megatron_evomoe import compat
-from megatron_evomoe.arguments import RunConfig, architecture_meta
+from megatron_evomoe.arguments import RunConfig, architecture_meta, precision_name
 from megatron_evomoe.moe.evolution import PhaseController, describe_schedule, routing_schedule
 from megatron_evomoe.moe.router import RoutingState
 from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
+from megatron_evomoe.training.checkpoint_keeper import CheckpointKeeper
 from megatron_evomoe.training.checkpointing import TrainState
 from megatron_evomoe.training.collectives import sum_over_world
 from megatron_evomoe.training.data_loading import build_iterator
+from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_handler
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
+from megatron_evomoe.training.megatron_lm_args import megatron_lm_common
 from megatron_evomoe.training.moe_diagnostics import build_moe_diagnostics, without_rng_side_effects
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
 from megatron_evomoe.training.router_data import prepare_routers_from_data
@@ -43,7 +46,7 @@ from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_r
 
 
 class TrainingStopped(RuntimeError):
-    """Training cannot continue (e.g. too many non-finite steps); a checkpoint was saved if possible."""
+    """Training cannot continue (non-finite steps or state); the message names the last good checkpoint."""
 
 
 @dataclass
@@ -76,6 +79,7 @@ class TrainingSession:
     scheduler: LRScheduler
     controller: PhaseController
     state: TrainState
+    keeper: CheckpointKeeper = field(default_factory=lambda: CheckpointKeeper(None))
 
 
 # ---------------------------------------------------------------------------------- model setup
@@ -107,14 +111,23 @@ def setup_session(run: RunConfig, task: Task) -> TrainingSession:
     controller = PhaseController(config)
     state = TrainState()
     training = run.training
-    if training.load:
+    if training.load and checkpointing.has_checkpoint(training.load):
         state = load(run, model, optimizer, scheduler, controller)
-    return TrainingSession(run, model, optimizer, scheduler, controller, state)
+    elif training.load:
+        if training.finetune:
+            raise checkpointing.CheckpointError(f"--finetune: no checkpoint in --load {training.load}")
+        print_rank0(f"no checkpoint in {training.load} ({checkpointing.TRACKER_FILE} is missing): training from scratch")
+    loaded_here = training.load and training.save and os.path.realpath(training.load) == os.path.realpath(training.save)
+    keeper = CheckpointKeeper(training.save, training.save_retain, state.iteration if loaded_here else None)
+    return TrainingSession(run, model, optimizer, scheduler, controller, state, keeper)
 
 
 def run_meta(run: RunConfig) -> dict:
     """What a checkpoint records about the run (the architecture keys are checked on load)."""
     meta = architecture_meta(run.model)
+    meta["precision"] = precision_name(run.model)
+    if hasattr(run.args, "bert_binary_head"):  # BERT: the pooler and NSP/SOP head exist only with it
+        meta["bert_binary_head"] = run.args.bert_binary_head
     meta["world_size"] = run.world_size
     meta["layout"] = vars(run.layout)
     if run.model.num_moe_experts:
@@ -134,7 +147,11 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         scheduler=None if finetune else scheduler,
         load_rng=not (finetune or training.no_load_rng),
         run_meta=meta,
-        meta_keys=list(architecture_meta(run.model)),
+        # The optimizer's state differs between fp32 and bf16/fp16 (master weights): compared when loaded.
+        meta_keys=list(architecture_meta(run.model)) + ["bert_binary_head"]
+        + ([] if (finetune or training.no_load_optim) else ["precision"]),
+        iteration=training.ckpt_step,
+        allow_nonfinite=training.allow_nonfinite_load,
     )
     if finetune or training.no_load_optim:
         # The optimizer was built from the initial weights: its fp32 master copies (bf16/fp16) must
@@ -160,19 +177,59 @@ def checkpoint_routing_state(root: str) -> Optional[RoutingState]:
 
 
 def save(session: TrainingSession) -> None:
-    """Checkpoint the session into ``--save``, with the routing state its last step trained with."""
+    """Checkpoint the session into ``--save``: as the latest one only if it is good (checkpoint_keeper.py).
+
+    Raises TrainingStopped when the weights or optimizer state are non-finite.
+    """
+    outcome = _save(session)
+    if outcome.nonfinite_tensor is not None and session.keeper.streak_start is None:
+        raise TrainingStopped(
+            f"non-finite values in {outcome.nonfinite_tensor} at iteration {session.state.iteration}; "
+            f"stopping (state saved to {outcome.path} for inspection). {session.keeper.last_good_message()}"
+        )
+
+
+def _save(session: TrainingSession):
     meta = run_meta(session.run)
     if session.controller.applied_state is not None:
         meta["routing_state"] = asdict(session.controller.applied_state)
-    path = checkpointing.save_checkpoint(
-        session.run.training.save,
-        session.state,
-        session.model,
-        session.optimizer,
-        session.scheduler,
-        run_meta=meta,
+
+    def write(latest: bool) -> str:
+        return checkpointing.save_checkpoint(
+            session.run.training.save,
+            session.state,
+            session.model,
+            session.optimizer,
+            session.scheduler,
+            run_meta=meta,
+            common=megatron_lm_common(session.run, session.state),
+            latest=latest,
+        )
+
+    outcome = session.keeper.save(session.state.iteration, write, session.model, session.optimizer)
+    why = "" if outcome.good else (
+        f" (not made latest: non-finite {outcome.nonfinite_tensor})" if outcome.nonfinite_tensor
+        else " (not made latest: inside a non-finite streak)"
     )
-    print_rank0(f"saved checkpoint {path}")
+    print_rank0(f"saved checkpoint {outcome.path}{why}")
+    return outcome
+
+
+def stop_for_nonfinite_steps(session: TrainingSession, consecutive_skips: int) -> TrainingStopped:
+    """Save the state for inspection, un-make checkpoints from the streak on, and say what is left."""
+    iteration = session.state.iteration
+    saved = ""
+    if session.run.training.save:
+        saved = f" The state at the stop is in {_save(session).path}."
+    demoted = session.keeper.demote_streak()
+    if demoted:
+        saved += f" Checkpoints from the start of the streak were renamed: {', '.join(demoted)}."
+    first = iteration - consecutive_skips + 1
+    span = f"iteration {first}" if first == iteration else f"iterations {first}-{iteration}"
+    return TrainingStopped(
+        f"{consecutive_skips} consecutive iterations had a non-finite loss or gradient norm ({span}); "
+        f"stopping. {session.keeper.last_good_message()}{saved}"
+    )
 
 
 # -------------------------------------------------------------------------------------- a step
@@ -417,6 +474,11 @@ def step_flops(run: RunConfig, routing: StepRouting, routing_state) -> float:
 
 def pretrain(run: RunConfig, task: Task) -> TrainingSession:
     """Train ``task`` as configured by ``run`` (process groups must be initialised)."""
+    with exit_signal_handler(run.training.exit_signal_handler) as stop_signal:
+        return _pretrain(run, task, stop_signal)
+
+
+def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandler]) -> TrainingSession:
     session = setup_session(run, task)
     training = run.training
     state = session.state
@@ -469,15 +531,12 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
         state.floating_point_operations += flops
         consecutive_skips = 0 if applied else consecutive_skips + 1
         state.skipped_iters += 0 if applied else 1
+        session.keeper.observe_step(iteration, applied)
         interval.add(means, routing, training.global_batch_size * training.seq_length, applied, flops, step_state.phase)
-        if consecutive_skips >= training.max_skipped_iters:
-            if training.save:
-                save(session)
-            raise TrainingStopped(
-                f"{consecutive_skips} consecutive iterations had a non-finite loss or gradient norm "
-                f"(last at iteration {state.iteration}); stopping"
-                + (f" after saving a checkpoint to {training.save}" if training.save else "")
-            )
+        if consecutive_skips >= training.max_skipped_iters or (
+            consecutive_skips and state.iteration == training.train_iters
+        ):
+            raise stop_for_nonfinite_steps(session, consecutive_skips)
         record = None
         if state.iteration % training.log_interval == 0 or state.iteration == training.train_iters:
             now = time.time()
@@ -513,13 +572,16 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
             (training.save_interval and state.iteration % training.save_interval == 0)
             or state.iteration == training.train_iters
         )
-        exiting = training.exit_interval and state.iteration % training.exit_interval == 0
+        signalled = stop_signal is not None and stop_signal.received_on_any_rank()
+        exiting = signalled or (training.exit_interval and state.iteration % training.exit_interval == 0)
         if should_save or (exiting and training.save):
             save_start = time.time()
             save(session)
             interval.start += time.time() - save_start  # checkpoint time is not training throughput
         if exiting:
-            print_rank0(f"exiting at iteration {state.iteration} (--exit-interval)")
+            reason = f"{stop_signal.name} received (--exit-signal-handler)" if signalled else "--exit-interval"
+            print_rank0(f"exiting at iteration {state.iteration}: {reason}")
             break
+    session.keeper.finish()
     writer.close()
     return session
