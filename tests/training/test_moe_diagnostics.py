@@ -1,26 +1,24 @@
 """--log-moe-diagnostics: each diagnostic against an oracle, an unchanged trajectory, and EP2 / TP2."""
 
 import itertools
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-from megatron_evomoe import initialize
 from megatron_evomoe.moe.diversify import expert_weights
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.router import RoutingState
-from megatron_evomoe.training.loop import pretrain, setup_session
+from megatron_evomoe.training.loop import setup_session
 from megatron_evomoe.training.moe_diagnostics import (
     MoEDiagnostics, TransitionLossJumps, expert_similarity, mean_pairwise_cosine, routing_fluctuation,
 )
 from megatron_evomoe.training.routing_probe import ProbeResult, gate_entropy_and_margin
 from tests.distributed import run_ranks
 from tests.tiny import tiny_gpt_task, tiny_run
-from tests.training.diagnostics_ranks import records_of_run, similarity_after_diversify
+from tests.moe.evomoe_ranks import spawned_experts_and_similarity
+from tests.training.layouts import logged_records
 
 DTS = ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "2", "--dts-anneal-iters", "2"]
 
@@ -58,7 +56,7 @@ def test_similarity_of_hand_made_experts(megatron_world_of_one):
 def test_similarity_gathers_experts_over_ranks_and_shards(layout):
     """EP2 (two experts per rank) and TP2 (every expert split in two): the logged value equals the
     cosine oracle on the experts put back together from every rank's pieces."""
-    results = run_ranks(similarity_after_diversify, 2, DTS + ["--evomoe-mask-ratio", "0.5"] + layout)
+    results = run_ranks(spawned_experts_and_similarity, 2, DTS + ["--evomoe-mask-ratio", "0.5"] + layout)
     pieces = {}
     for _, shards in results:
         for key, weights in shards.items():
@@ -154,15 +152,8 @@ EVOMOE = DTS + ["--train-iters", "6", "--log-interval", "1", "--eval-interval", 
 
 
 @pytest.fixture
-def train(tmp_path, megatron_world_of_one):
-    def run(*extra):
-        log = str(tmp_path / f"log{len(list(tmp_path.iterdir()))}.jsonl")
-        initialize.set_seeds(7)  # same RNG stream for both runs of a comparison
-        pretrain(tiny_run(*EVOMOE, "--log-json", log, *extra), tiny_gpt_task())
-        return [json.loads(line) for line in open(log)]
-
-    yield run
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None  # megatron class state: do not leak to other tests
+def train(train_in_process):
+    return lambda *extra: train_in_process(*EVOMOE, *extra)
 
 
 def test_diagnostics_explain_a_run_and_leave_it_unchanged(train, tmp_path):
@@ -205,8 +196,8 @@ LAYOUT_RUN = ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "2", "
 
 
 def test_diagnostics_on_ep2_equal_one_process():
-    single = run_ranks(records_of_run, 1, LAYOUT_RUN)[0]
-    ep2 = run_ranks(records_of_run, 2, LAYOUT_RUN + ["--expert-model-parallel-size", "2"])[0]
+    single = run_ranks(logged_records, 1, LAYOUT_RUN)[0]
+    ep2 = run_ranks(logged_records, 2, LAYOUT_RUN + ["--expert-model-parallel-size", "2"])[0]
     assert [r["iteration"] for r in ep2] == [r["iteration"] for r in single]
     for got, want in zip(ep2, single):
         for key in ("expert_similarity", "gate_entropy", "gate_margin", "routing_fluctuation"):
