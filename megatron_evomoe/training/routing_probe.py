@@ -93,10 +93,6 @@ class RoutingProbe:
         self.token_ids: List[int] = self.batch["tokens"].reshape(-1)[:num_tokens].tolist()
         self.layer_index = moe_layer_index(run.model)
 
-    def collect(self, session, task) -> Dict[str, list]:
-        """Run the probe batch through ``session.model`` (all ranks) and return the record entry."""
-        return self.route(session, task).record_entry()
-
     def route(self, session, task) -> ProbeResult:
         """Run the probe batch through ``session.model`` (all ranks) and return every token's routing."""
         captured: Dict[int, torch.Tensor] = {}
