@@ -197,6 +197,12 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         help="at each log interval, route the first N validation tokens in eval mode and log each token's "
         "id and expert per MoE layer (training/routing_probe.py; 0: off)",
     )
+    e.add_argument(
+        "--log-moe-diagnostics", action="store_true",
+        help="per MoE layer at each log interval: expert weight similarity and, with --log-routing-probe, gate "
+        "entropy, top-1/top-2 margin and routing fluctuation; the loss jump at each routing phase change "
+        "(training/moe_diagnostics.py)",
+    )
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -492,6 +498,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         log_json=args.log_json,
         log_routing_probe=args.log_routing_probe,
         num_workers=args.num_workers,
+        log_moe_diagnostics=args.log_moe_diagnostics,
         seed=args.seed,
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,

@@ -61,6 +61,21 @@ def add_router_args(parser: argparse.ArgumentParser, moe_group) -> None:
             add_flags(parser.add_argument_group(title, _summary(router).replace("%", "%%")), specs, added)
 
 
+def router_flag_names(name: str) -> frozenset:
+    """Every spelling of the flags in router ``name``'s own group (``--no-...`` forms included)."""
+    names = set()
+    for spec in _own_specs(router_class(name).Config):
+        names.add(spec.name)
+        if spec.kwargs.get("action") is argparse.BooleanOptionalAction:
+            names.add("--no-" + spec.name[2:])
+    return frozenset(names)
+
+
+def flag_owners(flag: str) -> set:
+    """The routers whose ``Config`` declares ``flag`` (empty for a flag every router, or none, reads)."""
+    return {name for name in available_routers() if flag in router_flag_names(name)}
+
+
 def selected_topk(args: argparse.Namespace) -> int:
     """``--moe-router-topk``, or the chosen router's default."""
     if args.moe_router_topk is not None:

@@ -113,7 +113,8 @@ def _strings(node) -> set:
 
 
 def _router_knowledge(path: pathlib.Path) -> list:
-    """Comparisons with router names, router types or phase names, and per-router tables."""
+    """Comparisons of a router (type) with a router name, of anything with a phase name, and tables
+    keyed by router names."""
     routers = set(available_routers())
     phases_allowed = path == PACKAGE / "moe" / "schedule.py"  # EvoMoE's schedule, which the DTS router calls
     found = []
@@ -122,8 +123,8 @@ def _router_knowledge(path: pathlib.Path) -> list:
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
             strings = set().union(*(_strings(op) for op in operands))
-            source = " ".join(ast.unparse(op) for op in operands)
-            if strings & routers or "router_type" in source:
+            source = " ".join(ast.unparse(op) for op in operands if not _strings(op))
+            if strings & routers and "router" in source:  # e.g. config.moe_router_type == "dts"
                 found.append(f"{where}: {ast.unparse(node)}")
             names = {getattr(op, "id", getattr(op, "attr", None)) for op in operands}
             if not phases_allowed and (strings & PHASE_NAMES or names & PHASE_CONSTANTS):

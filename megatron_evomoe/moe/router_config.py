@@ -124,6 +124,10 @@ class RouterConfig:
         """The resolved phase boundaries (run metadata, checkpoints); empty for one phase."""
         return {}
 
+    def transition_name(self, old_phase: str, new_phase: str) -> str:
+        """The name of a phase change in the logs (``--log-moe-diagnostics``' loss jumps)."""
+        return new_phase
+
     def describe_schedule(self, train_iters: int) -> Optional[str]:
         """One start-up line with the resolved phase boundaries (None for one phase)."""
         return None

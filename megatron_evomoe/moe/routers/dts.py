@@ -61,6 +61,10 @@ class DTSRouter(Router):
         """Fraction of each spawned expert's weights set to zero by the diversify mask."""
         mask_granularity: Literal["element", "neuron"] = flag("element", name="--evomoe-mask-granularity")
         """'element' masks individual weights; 'neuron' masks whole hidden units of the FFN."""
+        mask_rescale: bool = flag(False, name="--evomoe-mask-rescale")
+        """Divide the kept weights by (1 - mask ratio) at diversify (element masks: fc1 and fc2; neuron
+        masks: fc2), so spawned experts keep the shared expert's output scale in expectation; off by
+        default (the paper does not rescale)."""
         optimizer_state: Optional[Literal["reset", "masked_copy"]] = flag(None, name="--evomoe-optimizer-state")
         """Adam moments of spawned experts: the shared expert's under the same mask (masked_copy; default),
         or zeros (reset; default with --use-distributed-optimizer, whose shards do not hold the shared
@@ -179,6 +183,14 @@ class DTSRouter(Router):
                 "dts_top1_noise": self.dts_top1_noise,
             }
 
+        def transition_name(self, old_phase: str, new_phase: str) -> str:
+            """``T_S`` (leaving the shared-expert stage), ``T_D`` (entering Top-1), else the new phase."""
+            if old_phase == schedule.EXPERT_DIVERSIFY:
+                return "T_S"
+            if new_phase == schedule.TOP1:
+                return "T_D"
+            return new_phase
+
         def describe_schedule(self, train_iters: int) -> str:
             text = self.phases().describe(train_iters)
             if not self.expert_diversify:
@@ -221,6 +233,6 @@ class DTSRouter(Router):
             probs, routing_map = top1_routing(gate)
         else:
             gate, probs, routing_map = dts_gate(logits, state.temperature, self.options.dts_threshold, noise)
-        decision = RoutingDecision(probs=probs, routing_map=routing_map)
+        decision = RoutingDecision(probs=probs, routing_map=routing_map, gate=gate)
         self.add_balance_loss(decision, gate, routing_map)  # eq. 10: count_i = tokens with g_i > 0
         return decision

@@ -72,6 +72,6 @@ class SwitchRouter(Router):
             router_input = multiplicative_jitter(router_input, self.options.jitter_eps)
         probs = torch.softmax(F.linear(router_input, self.weight.float()), dim=-1)  # [T, E]
         weights, routing_map = top1_routing(probs)
-        decision = RoutingDecision(probs=weights, routing_map=routing_map)
+        decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, routing_map)  # f_i: top-1 choices
         return decision
