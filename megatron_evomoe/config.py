@@ -91,6 +91,9 @@ class TrainingConfig:
     """Validation tokens whose per-layer expert is logged at each log interval (0: off)."""
     num_workers: int = 0
     """DataLoader worker processes (--num-workers)."""
+    log_moe_diagnostics: bool = False
+    """Log expert similarity, gate entropy / margin, routing fluctuation and the loss jump at each
+    routing phase change (``training/moe_diagnostics.py``)."""
     seed: int = 1234
     max_skipped_iters: int = 10
     """Consecutive non-finite iterations after which training stops with an error (checkpoint_keeper.py)."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from megatron_evomoe.moe.schedule import resolve_evomoe_phases
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.moe.schedule import resolve_evomoe_phases
 
 PROTOCOLS = ("default", "paper")
 

@@ -27,14 +27,14 @@ from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_de
 from megatron.core.transformer.spec_utils import build_module
 
 from megatron_evomoe.config import ModelConfig
-from megatron_evomoe.moe.token_ids import routing_token_ids
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.dispatch.base import build_dispatcher
 from megatron_evomoe.moe.dispatch.replay import REPLAY, recompute_phase
 from megatron_evomoe.moe.recompute import SEGMENTS, MoERecompute, moe_recompute_scope
 from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.stats import RoutingStats
-from megatron_evomoe.errors import InputError
+from megatron_evomoe.moe.token_ids import routing_token_ids
 
 
 class MoELayer(MegatronModule):

@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import torch
 from torch.utils import _pytree as pytree
+
 from megatron_evomoe.errors import InputError
 
 RECOMPUTE_MODES = ("none", "moe_aware")

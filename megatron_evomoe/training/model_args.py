@@ -20,8 +20,8 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
-from megatron_evomoe.router_arguments import ROUTER_GROUP_PREFIX
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.router_arguments import ROUTER_GROUP_PREFIX
 
 MODEL_ARGS_FILE = "model_args.json"
 MODEL_GROUPS = ("model", "mixture of experts", ROUTER_GROUP_PREFIX, "tokenizer", "BERT")

@@ -34,9 +34,9 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.utils.data import default_collate
 
 from megatron_evomoe.device import batch_to_device, rng_devices
+from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.training.routing_metrics import moe_layer_index
-from megatron_evomoe.errors import InputError
 
 
 def build_routing_probe(run, valid_dataset) -> Optional["RoutingProbe"]:

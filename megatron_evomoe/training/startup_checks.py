@@ -18,10 +18,10 @@ import uuid
 
 import torch
 
-from megatron_evomoe.device import device_is_cuda
 from megatron_evomoe.config import TrainingConfig
-from megatron_evomoe.training.dry_run import GIB, stage_activation_bytes
+from megatron_evomoe.device import device_is_cuda
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.training.dry_run import GIB, stage_activation_bytes
 
 
 def check_startup(run) -> None:

@@ -19,8 +19,8 @@ import json
 import os
 from typing import Any, Iterable, Optional
 
-from megatron_evomoe.data.glue.tasks import TABLE_ORDER, get_task
 from megatron_evomoe.data.errors import DataInputError
+from megatron_evomoe.data.glue.tasks import TABLE_ORDER, get_task
 
 RESULT_KEYS = ("task", "model", "metric", "score", "epoch")
 

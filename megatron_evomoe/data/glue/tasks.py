@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, Optional, Union
+
 from megatron_evomoe.errors import InputError
 
 Column = Union[str, int]

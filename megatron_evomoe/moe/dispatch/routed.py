@@ -30,11 +30,11 @@ from megatron_evomoe.moe.dispatch.base import TokenDispatcher, pairs_by_expert, 
 from megatron_evomoe.moe.dispatch.counts import COUNT_EXCHANGES
 from megatron_evomoe.moe.dispatch.functions import exchange_rows, gather_rows, reduce_scatter_rows
 from megatron_evomoe.moe.dispatch.program import ChunkPermutation, CompiledRoute, Permute, Step, permute_for
+from megatron_evomoe.moe.dispatch.replay import ExchangeReplay
 from megatron_evomoe.moe.dispatch.routes import ROUTE_BUILDERS
 from megatron_evomoe.moe.dispatch.topology import group_topology
-from megatron_evomoe.moe.dispatch.replay import ExchangeReplay
-from megatron_evomoe.moe.recompute import REPLAY_EXCHANGES, moe_recompute_scope
 from megatron_evomoe.moe.dispatch.transport import CommLog, Transport
+from megatron_evomoe.moe.recompute import REPLAY_EXCHANGES, moe_recompute_scope
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch.distributed as dist
+
 from megatron_evomoe.errors import InputError
 
 
