@@ -10,6 +10,7 @@ import torch
 from megatron_evomoe.moe.diversify import expert_weights
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.router import RoutingState
+from megatron_evomoe.moe.routers.dts import DTSRouter
 from megatron_evomoe.training.loop import setup_session
 from megatron_evomoe.training.moe_diagnostics import (
     MoEDiagnostics, TransitionLossJumps, expert_similarity, mean_pairwise_cosine, routing_fluctuation,
@@ -83,7 +84,10 @@ def test_entropy_and_margin_of_known_gates():
 
 
 class _Phases:
-    """A controller stand-in: the phase of each iteration from a list; records pushed states."""
+    """A controller stand-in: the phase of each iteration from a list (EvoMoE's phase names, whose
+    meaning and transition names the DTS router's Config gives); records pushed states."""
+
+    options = DTSRouter.Config()
 
     def __init__(self, phases):
         self.phases = phases
@@ -91,6 +95,9 @@ class _Phases:
 
     def routing_state(self, iteration):
         return RoutingState(iteration=iteration, phase=self.phases[iteration])
+
+    def in_shared_expert_stage(self, iteration):
+        return self.options.shared_expert_stage(self.routing_state(iteration))
 
     def apply_state(self, model_chunks, state):
         self.applied.append(state.iteration)
