@@ -22,6 +22,7 @@ from megatron_evomoe import compat
 from megatron_evomoe.config import (
     DEFAULT_AUX_LOSS_COEFF,
     DISPATCHER_TYPES,
+    GROUPED_GEMM_DEFAULT,
     ROUTER_TYPES,
     DispatchOptions,
     EvoMoEOptions,
@@ -115,7 +116,11 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs")
     g.add_argument("--moe-input-jitter-eps", type=float, default=0.0, help="switch: router input jitter")
-    g.add_argument("--moe-grouped-gemm", action="store_true", help="grouped GEMM experts (GPU with TE)")
+    g.add_argument(
+        "--moe-grouped-gemm", action=argparse.BooleanOptionalAction, default=None,
+        help="all local experts in grouped GEMMs (TE on GPU, else torch._grouped_mm); "
+        "default on, from measurement (docs/measurement.md)",
+    )
     g.add_argument(
         "--moe-token-dispatcher-type", choices=DISPATCHER_TYPES, default="allgather",
         help="how tokens reach expert-parallel ranks",
@@ -476,7 +481,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         moe_aux_loss_coeff=0.0,  # ours lives in moe_router.aux_loss_coeff
         moe_expert_capacity_factor=args.moe_expert_capacity_factor,
         moe_token_drop_policy=args.moe_token_drop_policy,
-        moe_grouped_gemm=args.moe_grouped_gemm,
+        moe_grouped_gemm=GROUPED_GEMM_DEFAULT if args.moe_grouped_gemm is None else args.moe_grouped_gemm,
         moe_router=_router_options(args),
         evomoe=_evomoe_options(args),
         moe_dispatch=DispatchOptions(

@@ -29,6 +29,11 @@ DEFAULT_AUX_LOSS_COEFF = {
     "dts": 0.1,  # EvoMoE eq. 10, alpha = 0.1
 }
 
+# --moe-grouped-gemm when the flag is not given. Megatron-LM's default is off; ours is on because
+# the grouped path measured faster than (or equal to) the per-expert loop in every configuration of
+# docs/measurement.md ("Grouped GEMM or the per-expert loop"), and it keeps the same checkpoints.
+GROUPED_GEMM_DEFAULT = True
+
 
 @dataclass
 class RouterOptions:

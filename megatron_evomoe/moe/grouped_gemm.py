@@ -7,11 +7,12 @@ Rows ``x [M, h]`` arrive grouped by expert (``tokens_per_expert [L]`` rows each)
     y  = a_e @ W2_e^T      (grouped GEMM; W2 stacked [L, h, f])         [M, h]
     out = p * y            (the gate weight, one per row)                 [M, h]
 
-Backward with ``g = dL/d out``: ``u = g_e @ W2_e`` gives both ``dL/dp = <u, a>`` (= <g, y>, so y is
-not kept) and ``dL/da = p * u``; weight gradients are the grouped "K-split" products
-``dW2_e = (p g)_e^T a_e`` and ``dW1_e = dh1_e^T x_e``. What is kept for backward is what a dense
-FFN keeps (its input, h1 and a) plus the gate weights ``p [M]``: no ``[M, h]`` expert output, no
-per-expert Python loop in either direction.
+Backward with ``g = dL/d out``: ``dL/dp = <g, y>`` over h, ``dL/da = (p g)_e @ W2_e`` (the gate
+weight is applied to the narrow ``[M, h]`` gradient, never to an ``[M, f]`` tensor), the GELU
+gradient written in place, and the weight gradients as grouped "K-split" products
+``dW2_e = (p g)_e^T a_e`` and ``dW1_e = dh1_e^T x_e``. Kept for backward: what a dense FFN keeps
+(its input, h1 and a), the unweighted output ``y [M, h]`` for the gate weight's gradient, and the
+gate weights ``p [M]``. No per-expert Python loop in either direction.
 
 The weights are the experts' own parameters (the checkpoint layout of megatron's SequentialMLP).
 When they lie back to back in one storage (:func:`pack_consecutively`) the stacked ``[L, ...]``
@@ -33,17 +34,15 @@ def is_packed(weights: Sequence[torch.Tensor]) -> bool:
     first = weights[0]
     if not first.is_contiguous():
         return False
-    size, start = first.numel(), first.storage_offset()
-    storage = first.untyped_storage().data_ptr()
-    for i, weight in enumerate(weights):
-        if (
-            weight.shape != first.shape
-            or not weight.is_contiguous()
-            or weight.untyped_storage().data_ptr() != storage
-            or weight.storage_offset() != start + i * size
-        ):
-            return False
-    return True
+    step = first.numel() * first.element_size()
+    end = first.storage_offset() * first.element_size() + step * len(weights)
+    if first.untyped_storage().nbytes() < end:
+        return False  # the others cannot lie in the first one's storage
+    start, shape = first.data_ptr(), first.shape
+    return all(
+        w.data_ptr() == start + i * step and w.shape == shape and w.is_contiguous()
+        for i, w in enumerate(weights)
+    )
 
 
 def stacked(weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -91,55 +90,46 @@ class _GroupedExpertFFN(torch.autograd.Function):
         w1, w2 = stacked(weights[:num_experts]), stacked(weights[num_experts:])
         h1 = torch._grouped_mm(x, w1.transpose(1, 2), offs=offs)  # [M, f]
         act = activation(h1)
-        out = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)  # [M, h]
-        out.mul_(probs.unsqueeze(-1).to(out.dtype))
+        y = torch._grouped_mm(act, w2.transpose(1, 2), offs=offs)  # [M, h], before the gate weight
         ctx.activation = activation
         # The GELU backward needs only h1; other activations are re-run from h1 in backward.
         kept_act = act if activation is F.gelu else None
-        ctx.save_for_backward(x, probs, offs, h1, kept_act, *weights)
-        return out
+        ctx.save_for_backward(x, probs, offs, h1, kept_act, y, *weights)
+        return y * probs.unsqueeze(-1).to(y.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         if ctx.empty:
             return (grad_out.new_zeros((0, ctx.saved_tensors[0].shape[1])), grad_out.new_zeros(0),
                     None, None, None, *[torch.zeros_like(w) for w in ctx.saved_tensors])
-        x, probs, offs, h1, act, *weights = ctx.saved_tensors
+        x, probs, offs, h1, act, y, *weights = ctx.saved_tensors
         num_experts = ctx.num_experts
         w1, w2 = stacked(weights[:num_experts]), stacked(weights[num_experts:])
         grad_out = grad_out.contiguous()
-        scale = probs.unsqueeze(-1).to(grad_out.dtype)
-        act_grad_fn = None
+        grad_probs = None
+        if ctx.needs_input_grad[1]:
+            grad_probs = torch.linalg.vecdot(grad_out, y).to(probs.dtype)  # [M]
+        grad_y = grad_out * probs.unsqueeze(-1).to(grad_out.dtype)  # [M, h]
+        act_graph = None
         if act is None:
             with torch.enable_grad():
                 h1_leaf = h1.detach().requires_grad_()
                 recomputed = ctx.activation(h1_leaf)
-            act = recomputed.detach()
-            act_grad_fn = (recomputed, h1_leaf)
-        grad_act = torch._grouped_mm(grad_out, w2, offs=offs)  # g_e @ W2_e: [M, f], unscaled
-        grad_probs = None
-        if ctx.needs_input_grad[1]:
-            grad_probs = torch.linalg.vecdot(grad_act, act).to(probs.dtype)  # <g, y> = <g W2, a>
-        grad_act.mul_(scale)
+            act, act_graph = recomputed.detach(), (recomputed, h1_leaf)
+        grad_act = torch._grouped_mm(grad_y, w2, offs=offs)  # [M, f]
         needs_weights = any(ctx.needs_input_grad[5:])
-        grad_w2 = None
-        if needs_weights:
-            grad_w2 = torch._grouped_mm((grad_out * scale).t(), act, offs=offs)  # [L, h, f]
-            grad_w2 = _zero_empty_groups(grad_w2, ctx.counts)
-        if act_grad_fn is None:
-            grad_h1 = torch.ops.aten.gelu_backward(grad_act, h1)
+        grad_w2 = torch._grouped_mm(grad_y.t(), act, offs=offs) if needs_weights else None  # [L, h, f]
+        if act_graph is None:
+            grad_h1 = torch.ops.aten.gelu_backward.grad_input(grad_act, h1, grad_input=grad_act)
         else:
-            recomputed, h1_leaf = act_grad_fn
-            (grad_h1,) = torch.autograd.grad(recomputed, h1_leaf, grad_act)
-        grad_x = torch._grouped_mm(grad_h1, w1, offs=offs) if ctx.needs_input_grad[0] else None
-        grad_w1 = None
-        if needs_weights:
-            grad_w1 = torch._grouped_mm(grad_h1.t(), x, offs=offs)  # [L, f, h]
-            grad_w1 = _zero_empty_groups(grad_w1, ctx.counts)
-        weight_grads = (
-            (*grad_w1.unbind(0), *grad_w2.unbind(0)) if needs_weights else (None,) * len(weights)
-        )
-        return (grad_x, grad_probs, None, None, None, *weight_grads)
+            (grad_h1,) = torch.autograd.grad(act_graph[0], act_graph[1], grad_act)
+        grad_x = torch._grouped_mm(grad_h1, w1, offs=offs) if ctx.needs_input_grad[0] else None  # [M, h]
+        if not needs_weights:
+            return (grad_x, grad_probs, None, None, None, *([None] * len(weights)))
+        grad_w1 = torch._grouped_mm(grad_h1.t(), x, offs=offs)  # [L, f, h]
+        grad_w1 = _zero_empty_groups(grad_w1, ctx.counts)
+        grad_w2 = _zero_empty_groups(grad_w2, ctx.counts)
+        return (grad_x, grad_probs, None, None, None, *grad_w1.unbind(0), *grad_w2.unbind(0))
 
 
 def grouped_expert_ffn(
