@@ -43,7 +43,7 @@ GPT_MOE_ARGS=(
     --lr "$LR" --min-lr "$(awk "BEGIN {print $LR / 10}")" --lr-decay-style polynomial --lr-warmup-iters "$WARMUP_ITERS"
     --adam-beta1 0.9 --adam-beta2 0.98 --weight-decay 0.1 --clip-grad 0.0
     --hidden-dropout 0.1 --attention-dropout 0.1 $PRECISION
-    --save "$CKPT_DIR" $(resume_flag "$CKPT_DIR") --save-interval "$SAVE_INTERVAL"
+    --save "$CKPT_DIR" $(resume_flag "$CKPT_DIR") --save-interval "$SAVE_INTERVAL" --exit-signal-handler
     --log-interval "$LOG_INTERVAL" --eval-interval "$EVAL_INTERVAL" --eval-iters "$EVAL_ITERS"
     --log-json "$CKPT_DIR/metrics.jsonl" --tensorboard-dir "$CKPT_DIR/tensorboard"
     --log-routing-probe "$PROBE_TOKENS"

@@ -33,6 +33,9 @@ from megatron_evomoe.config import (
 )
 from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
 from megatron_evomoe.initialize import ParallelLayout
+from megatron_evomoe.moe.routers.dselectk import official_entropy_coeff
+from megatron_evomoe.moe.routers.switch import SWITCH_JITTER_EPS
+from megatron_evomoe.moe.schedule import resolve_evomoe_phases
 
 
 @dataclass
@@ -115,7 +118,11 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
         "--moe-expert-capacity-factor", type=float, default=None, help="None: dropless (default)"
     )
     g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs")
-    g.add_argument("--moe-input-jitter-eps", type=float, default=0.0, help="switch: router input jitter")
+    g.add_argument(
+        "--moe-input-jitter-eps", type=float, default=None,
+        help="switch: multiplicative jitter U(1-eps, 1+eps) on the router input in training "
+        f"(default {SWITCH_JITTER_EPS}, the Switch paper's; 0 turns it off)",
+    )
     g.add_argument(
         "--moe-grouped-gemm", action=argparse.BooleanOptionalAction, default=None,
         help="all local experts in grouped GEMMs (TE on GPU, else torch._grouped_mm); "
@@ -136,8 +143,9 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--moe-a2a-calibrate", action="store_true", help="measure alpha/beta at start-up")
     r = parser.add_argument_group("baseline routers (docs/routers.md)")
     r.add_argument(
-        "--gshard-random-routing", action="store_true",
-        help="gshard: in training, use the 2nd expert only if 2*g2 > U(0,1) (g2 normalised over the top-2)",
+        "--gshard-random-routing", action=argparse.BooleanOptionalAction, default=True,
+        help="gshard: in training, use the 2nd expert only if 2*g2 > U(0,1), g2 normalised over the top-2 "
+        "(GShard Algorithm 1; on by default, --no-gshard-random-routing: always both experts)",
     )
     r.add_argument(
         "--base-auction-epsilon", type=float, default=RouterOptions.base_auction_epsilon,
@@ -172,11 +180,15 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
         help="dselectk: smooth-step width gamma (k is --moe-router-topk)",
     )
     r.add_argument(
-        "--dselectk-entropy-coeff", type=float, default=RouterOptions.dselectk_entropy_coeff,
-        help="dselectk: weight of the selectors' mean entropy (drives the gate to be sparse)",
+        "--dselectk-entropy-coeff", type=float, default=None,
+        help="dselectk: weight of the selectors' entropy averaged over tokens (drives the gate to be sparse); "
+        "default: the official code's 1e-6 on a sum over the batch, i.e. 1e-6 x micro-batch tokens",
     )
     e = parser.add_argument_group("EvoMoE (--moe-router-type dts)")
-    e.add_argument("--evomoe-shared-expert-iters", type=int, default=None, help="T_S (default 10%% of --train-iters)")
+    e.add_argument(
+        "--evomoe-shared-expert-iters", type=int, default=None,
+        help="T_S, iterations of the shared expert (default 5%% of --train-iters, the paper's)",
+    )
     e.add_argument("--evomoe-mask-ratio", type=float, default=EvoMoEOptions.mask_ratio)
     e.add_argument("--evomoe-mask-granularity", choices=["element", "neuron"], default="element")
     e.add_argument(
@@ -187,15 +199,24 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     )
     e.add_argument("--no-expert-diversify", action="store_true", help="ablation: random experts + DTS")
     e.add_argument("--no-gate-sparsify", action="store_true", help="ablation: diversify + Switch Top-1")
-    e.add_argument("--dts-threshold", type=float, default=EvoMoEOptions.dts_threshold)
+    e.add_argument(
+        "--dts-threshold", type=float, default=EvoMoEOptions.dts_threshold,
+        help="c: experts with gate weight <= c are not computed (paper: 0.001)",
+    )
     e.add_argument("--dts-max-temperature", type=float, default=EvoMoEOptions.dts_max_temperature)
     e.add_argument("--dts-min-temperature", type=float, default=EvoMoEOptions.dts_min_temperature)
-    e.add_argument("--dts-anneal-iters", type=int, default=None, help="default: 50%% of --train-iters")
+    e.add_argument(
+        "--dts-anneal-iters", type=int, default=None,
+        help="iterations over which tau goes from max to min after T_S (default 5%% of --train-iters, the paper's)",
+    )
     e.add_argument(
         "--dts-temperature-schedule", choices=["linear", "exponential", "cosine"], default="linear"
     )
     e.add_argument("--dts-top1-iter", type=int, default=None, help="T_D (default T_S + anneal iters)")
-    e.add_argument("--dts-top1-noise", action="store_true", help="keep gumbel noise after T_D")
+    e.add_argument(
+        "--dts-top1-noise", action="store_true",
+        help="keep gumbel noise in training after T_D, as Algorithm 2 does (off by default: docs/routers.md)",
+    )
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -217,10 +238,20 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--max-skipped-iters", type=int, default=10, help="consecutive non-finite steps before stopping")
     g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument(
+        "--exit-signal-handler", action="store_true",
+        help="on SIGTERM (SLURM preemption, time limit) save a checkpoint at the end of the current step and exit 0",
+    )
     g.add_argument("--dry-run", action="store_true", help="validate, print sizes and memory, do not train")
     e = parser.add_argument_group("evaluation, checkpoints, logging")
     e.add_argument("--eval-interval", type=int, default=1000)
     e.add_argument("--eval-iters", type=int, default=10)
+    e.add_argument(
+        "--eval-as-served", action="store_true",
+        help="also score the validation set with the routing the trained model is served with (its final "
+        "state: EvoMoE's Top-1 gate while training still runs the dense DTS mixture); logged as "
+        "val_served_loss / val_served_ppl next to val_loss / val_ppl",
+    )
     e.add_argument("--save", default=None)
     e.add_argument("--save-interval", type=int, default=None)
     e.add_argument("--load", default=None)
@@ -237,11 +268,19 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, invalid choice) are one line with a hint, not the
+    ~100-line usage block followed by the error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(
     description: str, extra_args_provider: Optional[Callable[[argparse.ArgumentParser], None]] = None
 ) -> argparse.ArgumentParser:
     """The full parser of a training script (plus the script's own flags, if any)."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = OneLineErrorParser(description=description, allow_abbrev=False)
     _add_model_args(parser)
     _add_parallel_args(parser)
     _add_moe_args(parser)
@@ -312,6 +351,36 @@ def _validate_moe_communication(args: argparse.Namespace, world_size: int) -> No
         )
 
 
+def check_flag_values(args: argparse.Namespace) -> None:
+    """Single flags with values that would crash later (ZeroDivisionError, megatron's asserts) or
+    silently do something else than asked. Checked first, before any flag is used in arithmetic."""
+    for flag in ("num_layers", "hidden_size", "num_attention_heads", "micro_batch_size", "seq_length"):
+        value = getattr(args, flag)
+        _check(value >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    for flag in ("global_batch_size", "ffn_hidden_size", "moe_ffn_hidden_size", "save_interval", "exit_interval",
+                 "lr_decay_iters", "max_position_embeddings"):
+        value = getattr(args, flag)
+        _check(value is None or value >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    _check(
+        args.hidden_size % args.num_attention_heads == 0,
+        f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}",
+    )
+    _check(args.lr > 0, f"--lr must be > 0, got {args.lr} (nothing would train)")
+    _check(args.min_lr >= 0, f"--min-lr must be >= 0, got {args.min_lr}")
+    _check(args.min_lr <= args.lr, f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
+    for flag in ("lr_warmup_iters", "clip_grad", "init_method_std", "weight_decay", "eval_iters"):
+        value = getattr(args, flag)
+        _check(value >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+    _check(
+        args.max_skipped_iters >= 1,
+        f"--max-skipped-iters must be >= 1 (consecutive non-finite steps before stopping), got {args.max_skipped_iters}",
+    )
+    for flag in ("hidden_dropout", "attention_dropout"):
+        value = getattr(args, flag)
+        _check(0 <= value < 1, f"--{flag.replace('_', '-')} must be in [0, 1), got {value}")
+    _check(not args.exit_signal_handler or args.save, "--exit-signal-handler needs --save DIR (it saves before exiting)")
+
+
 def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size: int) -> None:
     dp = layout.data_parallel_size(world_size)
     if args.global_batch_size is None:
@@ -354,8 +423,12 @@ def _router_options(args: argparse.Namespace) -> RouterOptions:
         _check(topk in (None, 1), f"--moe-router-type {router} is a top-1 router: --moe-router-topk must be 1")
     if router == "gshard":
         _check(topk in (None, 2), "--moe-router-type gshard is a top-2 gate: --moe-router-topk must be 2")
+    jitter = SWITCH_JITTER_EPS if args.moe_input_jitter_eps is None else args.moe_input_jitter_eps
+    entropy = args.dselectk_entropy_coeff
+    if entropy is None:
+        entropy = official_entropy_coeff(args.micro_batch_size * args.seq_length)
     _check(coeff >= 0, "--moe-aux-loss-coeff must be >= 0")
-    _check(0.0 <= args.moe_input_jitter_eps < 1.0, "--moe-input-jitter-eps must be in [0, 1)")
+    _check(0.0 <= jitter < 1.0, "--moe-input-jitter-eps must be in [0, 1)")
     _check(args.base_auction_epsilon > 0, "--base-auction-epsilon must be > 0")
     _check(args.base_auction_max_rounds >= 1, "--base-auction-max-rounds must be >= 1")
     _check(args.hash_frequency_samples >= 1, "--hash-frequency-samples must be >= 1")
@@ -363,11 +436,11 @@ def _router_options(args: argparse.Namespace) -> RouterOptions:
     _check(args.stablemoe_distill_coeff >= 0, "--stablemoe-distill-coeff must be >= 0")
     _check(args.stablemoe_distill_dim >= 1, "--stablemoe-distill-dim must be >= 1")
     _check(args.dselectk_gamma > 0, "--dselectk-gamma must be > 0")
-    _check(args.dselectk_entropy_coeff >= 0, "--dselectk-entropy-coeff must be >= 0")
+    _check(entropy >= 0, "--dselectk-entropy-coeff must be >= 0")
     return RouterOptions(
         router_type=args.moe_router_type,
         aux_loss_coeff=coeff,
-        jitter_eps=args.moe_input_jitter_eps,
+        jitter_eps=jitter,
         gshard_random_routing=args.gshard_random_routing,
         base_auction_epsilon=args.base_auction_epsilon,
         base_auction_max_rounds=args.base_auction_max_rounds,
@@ -377,25 +450,28 @@ def _router_options(args: argparse.Namespace) -> RouterOptions:
         stablemoe_distill_coeff=args.stablemoe_distill_coeff,
         stablemoe_distill_dim=args.stablemoe_distill_dim,
         dselectk_gamma=args.dselectk_gamma,
-        dselectk_entropy_coeff=args.dselectk_entropy_coeff,
+        dselectk_entropy_coeff=entropy,
     )
 
 
 def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
-    shared = args.evomoe_shared_expert_iters
-    if shared is None:
-        shared = max(1, args.train_iters // 10)
-    if args.no_expert_diversify:
-        shared = 0
-    anneal = args.dts_anneal_iters if args.dts_anneal_iters is not None else max(1, args.train_iters // 2)
-    top1 = args.dts_top1_iter if args.dts_top1_iter is not None else shared + anneal
+    for flag in ("evomoe_shared_expert_iters", "dts_anneal_iters", "dts_top1_iter"):
+        value = getattr(args, flag)
+        _check(value is None or value >= 0, f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+    phases = resolve_evomoe_phases(
+        args.train_iters,
+        shared_expert_iters=args.evomoe_shared_expert_iters,
+        anneal_iters=args.dts_anneal_iters,
+        top1_iter=args.dts_top1_iter,
+        expert_diversify=not args.no_expert_diversify,
+    )
+    shared, top1 = phases.shared_expert_iters, phases.top1_iter
     _check(0.0 <= args.evomoe_mask_ratio < 1.0, "--evomoe-mask-ratio must be in [0, 1)")
-    _check(args.dts_threshold >= 0.0, "--dts-threshold must be >= 0")
+    _check(0.0 <= args.dts_threshold < 1.0, f"--dts-threshold must be in [0, 1), got {args.dts_threshold}")
     _check(
         args.dts_max_temperature >= args.dts_min_temperature > 0,
         "--dts-max-temperature must be >= --dts-min-temperature > 0",
     )
-    _check(anneal >= 1, "--dts-anneal-iters must be >= 1")
     _check(top1 >= shared, f"--dts-top1-iter {top1} is before the end of stage 1 (T_S = {shared})")
     optimizer_state = args.evomoe_optimizer_state
     if optimizer_state is None:
@@ -419,7 +495,7 @@ def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
         dts_threshold=args.dts_threshold,
         dts_max_temperature=args.dts_max_temperature,
         dts_min_temperature=args.dts_min_temperature,
-        dts_anneal_iters=anneal,
+        dts_anneal_iters=phases.anneal_iters,
         dts_temperature_schedule=args.dts_temperature_schedule,
         dts_top1_iter=top1,
         dts_top1_noise=args.dts_top1_noise,
@@ -503,6 +579,7 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
 def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Optional[int] = None) -> RunConfig:
     """Validate ``args`` and build every config. ``vocab_size`` is the padded vocabulary."""
     world_size = world_size or world_size_from_env()
+    check_flag_values(args)
     layout = _validate_parallel(args, world_size)
     _validate_moe_communication(args, world_size)
     _validate_batch(args, layout, world_size)
@@ -536,6 +613,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         seq_length=args.seq_length,
         eval_interval=args.eval_interval,
         eval_iters=args.eval_iters,
+        eval_as_served=args.eval_as_served,
         log_interval=args.log_interval,
         save=args.save,
         save_interval=args.save_interval,
@@ -549,6 +627,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         seed=args.seed,
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,
+        exit_signal_handler=args.exit_signal_handler,
         dry_run=args.dry_run,
         lr_schedule=LRScheduleConfig(
             lr=args.lr,
@@ -577,16 +656,28 @@ def parse_args(
 
 
 def architecture_meta(model: ModelConfig) -> dict:
-    """Fields a checkpoint must agree on with the model it is loaded into."""
-    return {
+    """Fields a checkpoint must agree on with the model it is loaded into: every flag that changes
+    a parameter's shape (keys are the flags' names; a router's own sizes only for that router)."""
+    meta = {
         "num_layers": model.num_layers,
         "hidden_size": model.hidden_size,
         "num_attention_heads": model.num_attention_heads,
         "ffn_hidden_size": model.ffn_hidden_size,
         "num_experts": model.num_moe_experts,
+        "moe_ffn_hidden_size": model.moe_ffn_hidden_size,
         "moe_layer_freq": model.moe_layer_freq,
         "moe_router_type": model.moe_router.router_type,
         "padded_vocab_size": model.vocab_size,
         "max_position_embeddings": model.max_position_embeddings,
     }
+    if model.num_moe_experts and model.moe_router.router_type == "dselectk":
+        meta["moe_router_topk"] = model.moe_router_topk  # the number of selectors
+    if model.num_moe_experts and model.moe_router.router_type == "stablemoe":
+        meta["stablemoe_distill_dim"] = model.moe_router.stablemoe_distill_dim
+    return meta
+
+
+def precision_name(model: ModelConfig) -> str:
+    """'bf16', 'fp16' or 'fp32': the flag the optimizer state was built for."""
+    return "bf16" if model.bf16 else "fp16" if model.fp16 else "fp32"
 

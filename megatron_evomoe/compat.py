@@ -11,6 +11,8 @@ megatron-core 0.16.1 hard-codes CUDA in a handful of modules (``device="cuda"`` 
   checkpointing keep working;
 * swaps the two gradient-clipping helpers that assert CUDA tensor types for CPU versions;
 * lets the async checkpoint writer copy tensors with ``non_blocking=False`` (no CUDA stream to wait on);
+* (every device) keeps the checkpoint writer's helper processes tied to the trainer: no
+  multiprocessing manager, and writer processes that die with the trainer (:func:`die_with_parent`);
 * lets the pipeline's first/last-stage embedding tie keep its weight on the CPU;
 * keeps freed CPU memory in the process (:func:`_keep_freed_cpu_memory`), as a GPU caching
   allocator does, instead of glibc's returning it to the OS after every step;
@@ -29,7 +31,11 @@ import ctypes.util
 import functools
 import importlib
 import logging
+import multiprocessing
 import os
+import queue
+import signal
+import sys
 from typing import Any, Iterator
 
 import torch
@@ -272,6 +278,48 @@ def _patch_checkpoint_writer() -> None:
     writer.preload_tensors = staticmethod(preload_tensors)
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the trainer that started it dies (Linux).
+
+    For helper processes (checkpoint writers, DataLoader workers): a trainer killed with SIGKILL
+    (OOM killer, a launcher tearing down the job) must not leave them running, holding memory and
+    the job's stdout (``... | tee log`` would never return). Elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the trainer died before prctl took effect
+
+
+def _patch_checkpoint_writer_processes() -> None:
+    """megatron's checkpoint writer starts a ``multiprocessing`` manager (a spawned server process,
+    ~380 MB, plus a resource tracker) only to carry the write results of a save back to the
+    trainer (filesystem_async.py:55). It outlives a SIGKILLed trainer. Our saves are synchronous,
+    so those results never leave the trainer process: a plain in-process queue carries them. The
+    per-save writer processes (forked) get :func:`die_with_parent`.
+    """
+    fsa = importlib.import_module("megatron.core.dist_checkpointing.strategies.filesystem_async")
+    writer = fsa.FileSystemWriterAsync
+    if getattr(writer.write_preloaded_data, "_evomoe_fixed", False):
+        return
+    fsa._get_write_results_queue = queue.Queue
+    original = writer.write_preloaded_data
+
+    def write_preloaded_data(*args, **kwargs):
+        die_with_parent()
+        return original(*args, **kwargs)
+
+    write_preloaded_data._evomoe_fixed = True
+    writer.write_preloaded_data = staticmethod(write_preloaded_data)
+
+
 def _patch_aux_loss_scale(scaler) -> None:
     """A backward before any schedule ran leaves a 0-d scale; the schedule's later ``copy_`` of a
     ``[1]`` scale into it then fails. Replace the tensor when shape or device differ."""
@@ -290,7 +338,8 @@ def _patch_aux_loss_scale(scaler) -> None:
 
 
 def apply_megatron_fixes() -> None:
-    """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine."""
+    """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine, and keep its
+    checkpoint writer from leaving processes behind (any machine)."""
     if _STATE["fixes_applied"]:
         return
     moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")
@@ -303,6 +352,7 @@ def apply_megatron_fixes() -> None:
         # is_te_min_version compares None with a Version when TE is absent.
         bert_model.is_te_min_version = lambda *args, **kwargs: False
     _patch_aux_loss_scale(moe_utils.MoEAuxLossAutoScaler)
+    _patch_checkpoint_writer_processes()
     bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
     if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
         # Without apex the BERT LM head's norm is torch's WrappedTorchNorm, which refuses sequence

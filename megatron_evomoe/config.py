@@ -45,10 +45,10 @@ class RouterOptions:
     """Coefficient of the router's balance loss (resolved from DEFAULT_AUX_LOSS_COEFF when unset)."""
     jitter_eps: float = 0.0
     """switch: multiplicative jitter noise U(1-eps, 1+eps) on the router input during training
-    (the Switch paper uses 0.01)."""
-    gshard_random_routing: bool = False
+    (the flag's default is the Switch paper's 0.01, ``routers.switch.SWITCH_JITTER_EPS``)."""
+    gshard_random_routing: bool = True
     """gshard: in training, send a token to its 2nd expert only if 2 * g2 > u, u ~ U(0, 1), with g2
-    normalised over the top-2 pair (GShard Algorithm 1)."""
+    normalised over the top-2 pair (GShard Algorithm 1; on by default)."""
     base_auction_epsilon: float = 1e-4
     """base: the auction's bid increment relative to the score range; the assignment's total score
     is within T * epsilon * range of the optimum (smaller is more exact, may take more rounds)."""
@@ -69,7 +69,8 @@ class RouterOptions:
     """dselectk: width of the smooth-step function (its polynomial region is [-gamma/2, gamma/2])."""
     dselectk_entropy_coeff: float = 1e-3
     """dselectk: weight of the selectors' entropy (mean over tokens) that drives them to be binary.
-    The official implementation uses 1e-6 on a sum over the batch, i.e. 1e-6 x batch size here."""
+    The official implementation uses 1e-6 on a *sum* over the batch; the flag's default is that
+    scale, 1e-6 x tokens per micro-batch (``routers.dselectk.official_entropy_coeff``)."""
 
 
 @dataclass
@@ -77,7 +78,9 @@ class EvoMoEOptions:
     """EvoMoE phases (paper sec. III): shared expert -> diversify -> DTS gate -> Top-1."""
 
     shared_expert_iters: int = 0
-    """T_S: iterations that train the single shared expert before experts are spawned."""
+    """T_S: iterations that train the single shared expert before experts are spawned. This and
+    ``dts_anneal_iters`` / ``dts_top1_iter`` hold resolved values; their defaults (the paper's
+    fractions of --train-iters) come from ``moe.schedule.resolve_evomoe_phases`` alone."""
     mask_ratio: float = 0.2
     """Fraction of each spawned expert's weights set to zero by the diversify mask."""
     mask_granularity: str = "element"
@@ -95,14 +98,15 @@ class EvoMoEOptions:
     """c: experts whose gate weight is at most c are not computed for the token."""
     dts_max_temperature: float = 2.0
     dts_min_temperature: float = 0.3
-    dts_anneal_iters: int = 5000
+    dts_anneal_iters: int = 0
     """Iterations over which tau goes from max to min, starting at T_S."""
     dts_temperature_schedule: str = "linear"
     """'linear', 'exponential' or 'cosine'."""
-    dts_top1_iter: Optional[int] = None
-    """T_D: from here the gate is Top-1 (default T_S + dts_anneal_iters)."""
+    dts_top1_iter: int = 0
+    """T_D: from here the gate is Top-1 (T_S + dts_anneal_iters unless --dts-top1-iter)."""
     dts_top1_noise: bool = False
-    """Keep gumbel noise in the Top-1 phase (training only)."""
+    """Keep gumbel noise in the Top-1 phase (training only), as Algorithm 2 does; off by default
+    (docs/routers.md says why)."""
 
 
 @dataclass
@@ -148,6 +152,8 @@ class TrainingConfig:
     seq_length: int = 128
     eval_interval: int = 1000
     eval_iters: int = 10
+    eval_as_served: bool = False
+    """Also evaluate with the final routing state (logged as val_served_loss / val_served_ppl)."""
     log_interval: int = 10
     save: Optional[str] = None
     save_interval: Optional[int] = None
@@ -165,6 +171,8 @@ class TrainingConfig:
     """Consecutive non-finite iterations after which training stops (with a checkpoint)."""
     exit_interval: Optional[int] = None
     """Stop (after saving) when the iteration is a multiple of this."""
+    exit_signal_handler: bool = False
+    """On SIGTERM, save at the end of the current step and exit 0 (all ranks agree on the step)."""
     dry_run: bool = False
     """Validate the configuration, print model size and memory estimate, do not train."""
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)

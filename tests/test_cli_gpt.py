@@ -50,18 +50,22 @@ def test_evomoe_from_the_command_line_logs_everything(data):
     result = _run("pretrain_gpt_moe.py", *_flags(data), "--moe-router-type", "dts",
                   "--evomoe-shared-expert-iters", "4", "--dts-anneal-iters", "4",
                   "--log-json", str(log), "--tensorboard-dir", str(tb))
+    assert "EvoMoE schedule: T_S = 4, tau annealed over 4 iterations, T_D = 8 (of 12 iterations)" in result.stdout
     assert "expert-diversify: spawned 4 experts" in result.stdout
     assert "phase gate_sparsify -> top1" in result.stdout
     records = [json.loads(line) for line in open(log)]
     assert [r["iteration"] for r in records] == [2, 4, 6, 8, 10, 12]
     for key in ("consumed_samples", "lm_loss", "aux_loss", "lr", "grad_norm", "tokens_per_sec", "flops",
                 "tokens_per_expert", "phase", "temperature", "experts_per_token", "dropped_token_fraction",
-                "balance_loss"):
+                "dropped_pair_fraction", "phase_flops", "balance_loss"):
         assert all(key in r for r in records), key
     assert len(records[0]["tokens_per_expert"]) == 1  # one MoE layer (layer 0 of 2)
     assert sum(records[0]["tokens_per_expert"][0]) == 0  # stage 1: no expert used
     assert sum(records[-1]["tokens_per_expert"][0]) == 2 * 8 * 32  # top-1: 2 steps x 8 x 32 tokens
     assert [r["phase"] for r in records] == ["expert_diversify"] * 2 + ["gate_sparsify"] * 2 + ["top1"] * 2
+    # Each step's FLOPs are charged to the phase it ran in: the interval (4, 6] holds steps 4 and 5.
+    assert list(records[2]["phase_flops"]) == ["gate_sparsify"]
+    assert sum(sum(r["phase_flops"].values()) for r in records) == pytest.approx(records[-1]["flops"])
     evals = [r for r in records if "val_loss" in r]
     assert [r["iteration"] for r in evals] == [6, 12] and all(r["val_ppl"] > 1 for r in evals)
     assert records[-1]["lm_loss"] < records[0]["lm_loss"]
@@ -78,3 +82,35 @@ def test_bad_flags_and_bad_data_are_one_line_errors(data):
     )
     result = _run("pretrain_gpt_moe.py", *_flags(data), "--data-path", str(data / "missing"), check=False)
     assert result.returncode == 2 and "missing" in result.stderr.strip().splitlines()[-1]
+
+
+def test_compare_routers_paper_protocol_end_to_end(data, tmp_path):
+    out = tmp_path / "compare"
+    model = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "32"]
+    data_flags = _flags(data)[: _flags(data).index("--split") + 2]  # tokenizer, corpus, split
+    result = _run("tools/compare_routers.py", "--output-dir", str(out), "--protocol", "paper",
+                  "--routers", "switch", "evomoe-top1-noise", "--seeds", "1", "2",
+                  "--train-iters", "20", "--micro-batch-size", "4", "--global-batch-size", "4",
+                  "--eval-interval", "5", "--eval-iters", "2", *data_flags, *model)
+    doc = json.load(open(out / "results.json"))
+    settings = doc["settings"]
+    assert settings["protocol"] == "paper" and settings["seeds"] == [1, 2]
+    assert settings["shared_flags"][settings["shared_flags"].index("--data-seed") + 1] == "1234"
+    flags = {name: " ".join(v["flags"]) for name, v in settings["variants"].items()}
+    assert "--moe-aux-loss-coeff 0.1" in flags["switch"] and "--moe-input-jitter-eps 0.01" in flags["switch"]
+    # 5% + 5% of 20 iterations, balance 0.1 (EvoMoE sec. V), and Algorithm 2's Top-1 noise.
+    assert ("--moe-aux-loss-coeff 0.1 --evomoe-shared-expert-iters 1 --dts-anneal-iters 1"
+            in flags["evomoe-top1-noise"] and "--dts-top1-noise" in flags["evomoe-top1-noise"])
+    for variant in ("evomoe-top1-noise",):
+        paired = doc["paired"]["variants"][variant]
+        assert sorted(paired["per_seed"]) == ["1", "2"] and paired["difference"]["count"] == 2
+        for seed, run in doc["runs"][variant].items():
+            switch = doc["runs"]["switch"][seed]
+            # The budget is the smaller total (EvoMoE's dense steps cost more), read on both curves.
+            assert paired["per_seed"][seed]["budget"] == min(run["total_flops"], switch["total_flops"])
+            assert run["phase_flops"]["expert_diversify"] > 0 and run["phase_flops"]["gate_sparsify"] > 0
+            assert sum(run["phase_flops"].values()) == pytest.approx(run["total_flops"], rel=1e-9)
+        shares = doc["phase_flops_share"][variant]
+        assert sum(s["mean"] for s in shares.values()) == pytest.approx(1.0)
+        assert shares["top1"]["mean"] > 0.8  # 18 of 20 steps
+    assert "Δ val PPL vs switch at equal FLOPs" in result.stdout and "top1 FLOPs %" in result.stdout

@@ -19,6 +19,13 @@ Flags this script does not know (data, tokenizer, any pretrain_gpt_moe.py overri
 kept, interrupted ones resume from their last checkpoint. ``--routers`` picks a subset,
 ``--launcher "torchrun --nproc-per-node 8"`` runs each job distributed, ``--report-only`` only
 rewrites the outputs from the runs on disk.
+
+``--protocol paper`` is the EvoMoE paper's setup: EvoMoE's phases at 5% + 5% of the steps, balance
+weight 0.1 for Switch, StableMoE and EvoMoE (paper sec. V-A), every baseline at its own paper's
+defaults, EvoMoE with and without Algorithm 2's Top-1 noise, seeds 1 2 3. Every protocol trains all
+seeds on the same data order and scores them on the same validation tokens (``--data-seed``); the
+report adds each variant's paired per-seed PPL difference from ``--target`` at equal FLOPs and the
+share of training FLOPs each routing phase took.
 """
 
 import argparse
@@ -28,18 +35,36 @@ import sys
 
 from megatron_evomoe.analysis.comparison import ComparisonSettings, run_all, write_outputs
 from megatron_evomoe.analysis.comparison_runner import subprocess_launcher
-from megatron_evomoe.analysis.router_suite import MODEL_SIZES, VARIANTS, resolve_variants, split_available
+from megatron_evomoe.analysis.router_suite import (
+    MODEL_SIZES, PAPER_SEEDS, PROTOCOLS, protocol_variants, resolve_variants, split_available,
+)
 from megatron_evomoe.moe.routers import available_routers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OWNED = ("--seed", "--train-iters", "--log-json", "--save", "--load", "--save-interval", "--moe-router-type")
+OWNED = ("--seed", "--data-seed", "--train-iters", "--log-json", "--save", "--load", "--save-interval",
+         "--moe-router-type")
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--routers", nargs="+", default=list(VARIANTS), help=f"subset of {list(VARIANTS)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="default",
+        help="default: the short-run preset; paper: the EvoMoE paper's phases, balance weights and baselines",
+    )
+    parser.add_argument(
+        "--routers", nargs="+", default=None,
+        help="subset of the protocol's variants (default all): "
+        + "; ".join(f"{p}: {' '.join(protocol_variants(p))}" for p in PROTOCOLS),
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None,
+        help=f"model seeds (default: 1; {' '.join(map(str, PAPER_SEEDS))} with --protocol paper)",
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=1234,
+        help="--data-seed of every run: one data order and one validation set for all seeds",
+    )
     parser.add_argument("--model-size", choices=list(MODEL_SIZES), default="tiny")
     parser.add_argument("--train-iters", type=int, default=200)
     parser.add_argument("--micro-batch-size", type=int, default=8)
@@ -55,6 +80,10 @@ def parse(argv=None):
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints")
     parser.add_argument("--report-only", action="store_true", help="no training: outputs from the runs on disk")
     args, passthrough = parser.parse_known_args(argv)
+    if args.routers is None:
+        args.routers = list(protocol_variants(args.protocol))
+    if args.seeds is None:
+        args.seeds = list(PAPER_SEEDS) if args.protocol == "paper" else [1]
     clash = [flag for flag in OWNED if flag in passthrough]
     if clash:
         parser.error(f"{', '.join(clash)} are set by this script per run; use its own flags instead")
@@ -65,7 +94,11 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args, passthrough = parse(argv)
-    variants, skipped = split_available(resolve_variants(args.routers), available_routers())
+    try:
+        variants, skipped = split_available(resolve_variants(args.routers, args.protocol), available_routers())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     eval_interval = args.eval_interval or max(1, args.train_iters // 10)
     settings = ComparisonSettings(
         output_dir=args.output_dir, variants=variants, seeds=args.seeds, model=MODEL_SIZES[args.model_size],
@@ -74,7 +107,8 @@ def main(argv=None) -> int:
         eval_interval=eval_interval, eval_iters=args.eval_iters,
         log_interval=args.log_interval or max(1, eval_interval // 2),
         save_interval=args.save_interval or max(1, args.train_iters // 4),
-        passthrough=passthrough, target=args.target, skipped=skipped,
+        passthrough=passthrough, target=args.target, skipped=skipped, protocol=args.protocol,
+        data_seed=args.data_seed,
     )
     for name, why in skipped.items():
         print(f"skipping {name}: {why}")

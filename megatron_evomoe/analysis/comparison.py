@@ -39,8 +39,13 @@ class ComparisonSettings:
             logging, checkpoints for resuming.
         passthrough: further pretrain_gpt_moe.py flags (data, tokenizer, overrides), given last so
             that they win over the presets.
-        target: the variant whose final PPL the FLOPs-to-target column uses (Switch).
+        target: the variant whose final PPL the FLOPs-to-target column uses (Switch), and the
+            reference of the paired differences at equal FLOPs.
         skipped: variants not run and why.
+        protocol: ``default`` or ``paper`` (``router_suite``), recorded in results.json.
+        data_seed: ``--data-seed`` of every run: all seeds train on the same samples and are scored
+            on the same validation tokens, so that seeds vary only the model (initialisation,
+            dropout, router noise) and the per-seed differences are paired.
     """
 
     output_dir: str
@@ -59,10 +64,12 @@ class ComparisonSettings:
     passthrough: List[str] = field(default_factory=list)
     target: str = "switch"
     skipped: Dict[str, str] = field(default_factory=dict)
+    protocol: str = "default"
+    data_seed: int = 1234
 
     def shared_flags(self) -> List[str]:
         return [
-            *self.model.flags,
+            *self.model.flags, "--data-seed", str(self.data_seed),
             "--train-iters", str(self.train_iters), "--micro-batch-size", str(self.micro_batch_size),
             "--global-batch-size", str(self.global_batch_size), "--lr", str(self.lr), "--min-lr", str(self.min_lr),
             *common_training_flags(self.train_iters),
@@ -92,15 +99,20 @@ class ComparisonSettings:
     def describe(self) -> dict:
         """The settings as results.json records them."""
         return {
+            "protocol": self.protocol,
             "model_size": self.model.name,
+            "data_seed": self.data_seed,
             "train_iters": self.train_iters,
             "tokens_per_iteration": self.tokens_per_iteration(),
             "token_budget": self.tokens_per_iteration() * self.train_iters,
             "seeds": self.seeds,
             "target": self.target,
             "shared_flags": self.shared_flags() + self.passthrough,
+            # "base" and "sweep" say which variant a row derives from and with which flag values
+            # (none yet: every row is its own base), so sweeps add rows, not a new layout.
             "variants": {
-                v.name: {"router": v.router, "flags": self.variant_flags(v), "description": v.description}
+                v.name: {"router": v.router, "flags": self.variant_flags(v), "description": v.description,
+                         "base": v.name, "sweep": {}}
                 for v in self.variants
             },
         }
@@ -146,31 +158,55 @@ def write_outputs(settings: ComparisonSettings, specs: List[RunSpec], plot: bool
     """results.json, comparison.md (table + flags) and compare_routers.png from the complete runs."""
     results = report.collect_results(specs, settings.tokens_per_iteration(), settings.target)
     summary = report.summarize_variants(results, settings.seeds)
+    paired = report.paired_differences(results, settings.target)
+    paired_summary = report.summarize_paired(paired, settings.seeds)
+    shares = report.phase_share_summary(results, settings.seeds)
     order = [v.name for v in settings.variants]
-    header, rows = report.table_rows(summary, order, settings.target)
+    tables = {
+        "main": report.table_rows(summary, order, settings.target),
+        "paired": report.paired_table(paired, paired_summary, order, settings.target),
+        "phases": report.phase_table(shares, order),
+    }
     out = settings.output_dir
     json_path = os.path.join(out, "results.json")
-    report.write_json(json_path, report.results_document(results, summary, settings.describe(), settings.skipped))
+    document = report.results_document(
+        results, summary, settings.describe(), settings.skipped, paired, paired_summary, shares
+    )
+    report.write_json(json_path, document)
     md_path = os.path.join(out, "comparison.md")
     with open(md_path, "w") as handle:
-        handle.write(markdown_report(settings, header, rows))
+        handle.write(markdown_report(settings, tables))
     plot_path = os.path.join(out, "compare_routers.png")
     if plot and results:
         from megatron_evomoe.analysis.comparison_plot import plot_comparison
 
         plot_comparison(results, order, plot_path, settings.target)
-    return ComparisonOutputs(json_path, md_path, plot_path, report.console_table(header, rows))
+    console = "\n\n".join(report.console_table(*table) for table in tables.values() if table[1])
+    return ComparisonOutputs(json_path, md_path, plot_path, console)
 
 
-def markdown_report(settings: ComparisonSettings, header: list, rows: list) -> str:
-    """The table, then the settings and each variant's flags (so the table can be reproduced)."""
+def markdown_report(settings: ComparisonSettings, tables: Dict[str, tuple]) -> str:
+    """The tables, then the settings and each variant's flags (so the tables can be reproduced)."""
     info = settings.describe()
-    lines = [
-        report.markdown_table(header, rows),
-        "",
-        f"Model `{settings.model.name}`, {settings.train_iters} iterations x {info['tokens_per_iteration']} tokens "
-        f"= {info['token_budget']:,} training tokens per run; seeds {settings.seeds}"
-        + (" (mean ± sample std)." if len(settings.seeds) > 1 else "."),
+    target = settings.target
+    lines = [report.markdown_table(*tables["main"]), ""]
+    if tables["paired"][1]:
+        lines += [
+            report.markdown_table(*tables["paired"]),
+            "",
+            f"Δ: per seed, the variant's validation PPL minus {target}'s of the same seed, both read (linearly "
+            f"interpolated between evaluations) at the largest training-FLOPs budget both runs reached; "
+            f"mean ± sample std over seeds (negative: better than {target}).",
+            "",
+        ]
+    if tables["phases"][1]:
+        lines += [report.markdown_table(*tables["phases"]), "",
+                  "Share of each run's training FLOPs spent in each routing phase (mean ± std over seeds).", ""]
+    lines += [
+        f"Protocol `{settings.protocol}`. Model `{settings.model.name}`, {settings.train_iters} iterations x "
+        f"{info['tokens_per_iteration']} tokens = {info['token_budget']:,} training tokens per run; seeds "
+        f"{settings.seeds}" + (" (mean ± sample std)" if len(settings.seeds) > 1 else "")
+        + f", all on the same data order and validation tokens (--data-seed {settings.data_seed}).",
         f"FLOPs to reach {settings.target} PPL: first crossing of the seed's {settings.target} final validation PPL, "
         f"linearly interpolated between evaluations (every {settings.eval_interval} iterations); "
         f"'vs {settings.target}': divided by {settings.target}'s own FLOPs to reach it (paper Table VI).",

@@ -1,4 +1,5 @@
-"""The numbers of the router comparison: FLOPs to reach a target perplexity, mean ± std over seeds.
+"""The numbers of the router comparison: FLOPs to reach a target perplexity, PPL at an equal FLOPs
+budget (paired per seed), mean ± std over seeds.
 
 Pure functions of logged values, tested against hand computations (tests/analysis).
 """
@@ -83,3 +84,52 @@ def ratio(value: Optional[float], reference: Optional[float]) -> Optional[float]
     if value is None or reference is None or reference == 0:
         return None
     return value / reference
+
+
+def value_at(curve: Sequence[Tuple[float, float]], flops: float) -> Optional[float]:
+    """Validation PPL of a curve at ``flops``, linearly interpolated between the two evaluations
+    around it (as :func:`flops_to_reach`); None outside the evaluated range.
+
+    Args:
+        curve: ``(cumulative training FLOPs, val PPL)`` per evaluation, in training order (finite
+            points only are used).
+        flops: the budget to read the curve at.
+    """
+    points = [(f, p) for f, p in curve if math.isfinite(f) and math.isfinite(p)]
+    for (f0, p0), (f1, p1) in zip(points, points[1:]):
+        if f0 <= flops <= f1:
+            return p0 if f1 == f0 else p0 + (p1 - p0) * (flops - f0) / (f1 - f0)
+    if points and points[-1][0] == flops:
+        return points[-1][1]
+    return None
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """One seed's comparison of a variant with the reference at equal training FLOPs.
+
+    ``budget`` is the largest FLOPs both runs reached (the smaller of their totals); ``difference``
+    = variant PPL - reference PPL there (negative: the variant is better); None when a curve does
+    not cover the budget.
+    """
+
+    budget: float
+    variant_ppl: Optional[float]
+    reference_ppl: Optional[float]
+
+    @property
+    def difference(self) -> Optional[float]:
+        if self.variant_ppl is None or self.reference_ppl is None:
+            return None
+        return self.variant_ppl - self.reference_ppl
+
+
+def paired_difference(
+    variant: Sequence[Tuple[float, float]], reference: Sequence[Tuple[float, float]]
+) -> PairedDifference:
+    """Compare two curves of the same seed at the largest FLOPs budget both reached."""
+    ends = [max((f for f, _ in curve if math.isfinite(f)), default=float("nan")) for curve in (variant, reference)]
+    budget = min(ends)
+    if not math.isfinite(budget):
+        return PairedDifference(budget, None, None)
+    return PairedDifference(budget, value_at(variant, budget), value_at(reference, budget))

@@ -5,6 +5,10 @@ backward, as logged), training time (steps only) and process wall time, tokens/s
 which its validation curve first reached the target router's final PPL *of the same seed* (paper
 Table VI), also relative to the target router's own FLOPs to reach it. Across seeds: mean ± sample
 std; a run that never reaches the target counts as missing ("not reached", or "k/n seeds").
+
+Two paired views (same seed, same validation tokens): each variant's validation PPL minus the
+target's at the largest FLOPs budget both runs reached (``comparison_math.paired_difference``), and
+the share of training FLOPs each routing phase took (EvoMoE's stage 1, dense DTS gate, Top-1).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
-from megatron_evomoe.analysis.comparison_math import Stat, flops_to_reach, mean_std, ratio
+from megatron_evomoe.analysis.comparison_math import (
+    PairedDifference, Stat, flops_to_reach, mean_std, paired_difference, ratio,
+)
 from megatron_evomoe.analysis.comparison_runner import RunSpec, RunStatus, read_meta, run_status
 from megatron_evomoe.analysis.run_log import RunSummary, read_records, summarize
 
@@ -75,6 +81,47 @@ METRICS = {
 }
 
 
+def paired_differences(
+    results: Dict[str, Dict[int, RunResult]], reference: str
+) -> Dict[str, Dict[int, PairedDifference]]:
+    """``{variant: {seed: PairedDifference}}`` against ``reference``'s run of the same seed."""
+    ref = results.get(reference, {})
+    return {
+        variant: {
+            seed: paired_difference(_curve(run.summary), _curve(ref[seed].summary))
+            for seed, run in sorted(runs.items()) if seed in ref
+        }
+        for variant, runs in results.items() if variant != reference
+    }
+
+
+def summarize_paired(paired: Dict[str, Dict[int, PairedDifference]], seeds: List[int]) -> Dict[str, Stat]:
+    """Mean ± sample std over seeds of each variant's paired difference (a missing seed counts as missing)."""
+    return {
+        variant: mean_std([by_seed[s].difference if s in by_seed else None for s in seeds])
+        for variant, by_seed in paired.items()
+    }
+
+
+def phase_share_summary(results: Dict[str, Dict[int, RunResult]], seeds: List[int]) -> Dict[str, Dict[str, Stat]]:
+    """``{variant: {phase: Stat of its FLOPs share}}`` for the variants that ran in several phases."""
+    table = {}
+    for variant, runs in results.items():
+        seen = {p for r in runs.values() for p in r.summary.phase_flops}
+        phases = [p for p in PHASE_ORDER if p in seen] + sorted(seen - set(PHASE_ORDER))
+        if len(phases) < 2:
+            continue
+        shares = {s: r.summary.phase_shares() for s, r in runs.items()}
+        table[variant] = {
+            phase: mean_std([shares[s].get(phase, 0.0) if s in shares else None for s in seeds]) for phase in phases
+        }
+    return table
+
+
+PHASE_ORDER = ["expert_diversify", "gate_sparsify", "top1", "stage1", "stage2", "sparse"]
+"""Phases in training order (EvoMoE, then StableMoE), for the FLOPs-share table."""
+
+
 def summarize_variants(results: Dict[str, Dict[int, RunResult]], seeds: List[int]) -> Dict[str, Dict[str, Stat]]:
     """``{variant: {metric: Stat over seeds}}``; a seed without a result counts as missing."""
     table = {}
@@ -131,13 +178,52 @@ def console_table(header: list, rows: list) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
+def phase_table(shares: Dict[str, Dict[str, Stat]], order: List[str]) -> tuple[list, list]:
+    """(header, rows): each phased variant's share of training FLOPs per phase, in percent."""
+    seen = {p for by_phase in shares.values() for p in by_phase}
+    phases = [p for p in PHASE_ORDER if p in seen] + sorted(seen - set(PHASE_ORDER))
+    header = ["router", *[f"{p} FLOPs %" for p in phases]]
+    rows = []
+    for variant in order:
+        if variant in shares:
+            rows.append([variant, *[shares[variant][p].format(0.01, 1) if p in shares[variant] else "-"
+                                    for p in phases]])
+    return header, rows
+
+
+def paired_table(
+    paired: Dict[str, Dict[int, PairedDifference]], stats: Dict[str, Stat], order: List[str], reference: str
+) -> tuple[list, list]:
+    """(header, rows): per variant the mean ± std over seeds of its val PPL minus ``reference``'s at
+    equal FLOPs, and each seed's difference with the budget it was read at."""
+    header = ["router", f"Δ val PPL vs {reference} at equal FLOPs", "per seed: Δ @ budget"]
+    rows = []
+    for variant in order:
+        if variant not in paired:
+            continue
+        scale, unit = flops_unit([p.budget for p in paired[variant].values()])
+        per_seed = "; ".join(
+            f"seed {seed}: " + ("-" if p.difference is None else f"{p.difference:+.2f}") + f" @ {p.budget / scale:.3g} {unit}"
+            for seed, p in paired[variant].items()
+        )
+        rows.append([variant, stats[variant].format(missing="-"), per_seed or "-"])
+    return header, rows
+
+
 def results_document(
     results: Dict[str, Dict[int, RunResult]],
     summary: Dict[str, Dict[str, Stat]],
     settings: dict,
     skipped: Dict[str, str],
+    paired: Optional[Dict[str, Dict[int, PairedDifference]]] = None,
+    paired_summary: Optional[Dict[str, Stat]] = None,
+    phase_shares: Optional[Dict[str, Dict[str, Stat]]] = None,
 ) -> dict:
-    """What ``results.json`` holds: settings, per-run numbers and curves, per-variant mean/std."""
+    """What ``results.json`` holds (layout in docs/measurement.md).
+
+    Every per-variant table is keyed by variant name, so further variants (e.g. a flag sweep,
+    described in ``settings.variants``) add keys without reshaping the document.
+    """
     runs = {}
     for variant, by_seed in results.items():
         runs[variant] = {}
@@ -146,12 +232,31 @@ def results_document(
                 **{key: get(r) for key, get in METRICS.items()},
                 "target_ppl": r.target_ppl,
                 "iterations": r.summary.iterations,
+                "phase_flops": r.summary.phase_flops,
                 "curve": [asdict(p) for p in r.summary.curve],
             }
+    paired = paired or {}
+    paired_summary = paired_summary or {}
     return {
+        "schema_version": 2,
         "settings": settings,
         "runs": runs,
         "summary": {v: {k: asdict(stat) for k, stat in stats.items()} for v, stats in summary.items()},
+        "phase_flops_share": {
+            v: {phase: asdict(stat) for phase, stat in by_phase.items()} for v, by_phase in (phase_shares or {}).items()
+        },
+        "paired": {
+            "reference": settings.get("target"),
+            "variants": {
+                v: {
+                    "difference": asdict(paired_summary[v]) if v in paired_summary else None,
+                    "per_seed": {
+                        str(seed): {**asdict(p), "difference": p.difference} for seed, p in by_seed.items()
+                    },
+                }
+                for v, by_seed in paired.items()
+            },
+        },
         "skipped": skipped,
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 
@@ -106,6 +106,13 @@ class RunSummary:
     tokens_per_sec: float
     iterations: int
     curve: List[EvalPoint]
+    phase_flops: Dict[str, float] = field(default_factory=dict)
+    """Training FLOPs spent in each routing phase (EvoMoE: expert_diversify, gate_sparsify, top1)."""
+
+    def phase_shares(self) -> Dict[str, float]:
+        """Each phase's fraction of the run's training FLOPs (empty for an unphased log)."""
+        total = sum(self.phase_flops.values())
+        return {phase: flops / total for phase, flops in self.phase_flops.items()} if total > 0 else {}
 
 
 def train_seconds(records: List[dict]) -> float:
@@ -122,6 +129,15 @@ def train_seconds(records: List[dict]) -> float:
         total += as_float(record["elapsed_ms_per_iter"]) * steps / 1000.0
         previous = record["iteration"]
     return total
+
+
+def phase_flops(records: List[dict]) -> Dict[str, float]:
+    """Sum of the records' ``phase_flops`` (each the FLOPs of the steps since the previous record)."""
+    totals: Dict[str, float] = {}
+    for record in records:
+        for phase, flops in record.get("phase_flops", {}).items():
+            totals[phase] = totals.get(phase, 0.0) + as_float(flops)
+    return totals
 
 
 def summarize(records: List[dict], tokens_per_iteration: int) -> Optional[RunSummary]:
@@ -142,6 +158,7 @@ def summarize(records: List[dict], tokens_per_iteration: int) -> Optional[RunSum
         tokens_per_sec=tokens / seconds if seconds > 0 else float("nan"),
         iterations=iterations,
         curve=curve,
+        phase_flops=phase_flops(records),
     )
 
 

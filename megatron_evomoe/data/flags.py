@@ -70,6 +70,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=None,
         help="directory for the dataset index caches (default: a cache/ directory beside each prefix)",
     )
+    group.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of the document and sample shuffles of every split (default: --seed, as in Megatron-LM); "
+        "fix it to train and score several --seed runs on the same samples and validation tokens",
+    )
     group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     group.add_argument(
         "--mmap-bin-files",

@@ -14,7 +14,9 @@ A blended split's samples also carry "dataset_id" (which prefix the sample came 
 
 What this module adds around megatron:
 - `GPTDataConfig`, validated with clear errors, and `data_config_from_args` (Megatron-LM flag names).
-- Up-front checks with clear errors: every prefix has its .bin/.idx; token ids are below the tokenizer's
+- Up-front checks with clear errors: every prefix has its .bin/.idx, the .bin has the size its .idx indexes
+  (a truncated file or a pair from two datasets), the tokenizer matches the one recorded by preprocessing
+  (`tokenizer_record.py`); token ids are below the tokenizer's
   vocabulary size (checked on the first `vocab_check_max_tokens` tokens of each .bin — default 2**27, i.e. all
   of any corpus below ~128M tokens per prefix, in ~0.1 s per 100M tokens; None scans whole files); and a
   split that asks for samples but got no documents (megatron's GPTDataset would loop forever on it).
@@ -29,6 +31,7 @@ import copy
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -41,6 +44,7 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, get_bi
 from megatron.core.datasets.utils import Split, get_blend_from_list
 
 from megatron_evomoe.data.errors import DataInputError
+from megatron_evomoe.data.tokenizer_record import check_tokenizer_record
 
 Blend = tuple[list[str], Optional[list[float]]]
 """megatron's blend: (prefixes, weights or None)."""
@@ -54,6 +58,7 @@ PATH_FLAGS = {
 _SPLIT_PATTERN = re.compile(r"^\s*\d+(\.\d*)?(\s*,\s*\d+(\.\d*)?){0,2}\s*$")
 _INDEX_MAGIC = b"MMIDIDX\x00\x00"
 _INDEX_DTYPE_OFFSET = len(_INDEX_MAGIC) + 8  # magic, then a uint64 version, then the dtype code byte
+_INDEX_HEADER_BYTES = _INDEX_DTYPE_OFFSET + 1 + 16  # ... then uint64 sequence and document counts
 _SCAN_CHUNK_TOKENS = 1 << 24
 
 
@@ -85,7 +90,7 @@ class GPTDataConfig:
     (--data-cache-path)."""
 
     seed: int = 1234
-    """Seed of the document and sample shuffles (--seed)."""
+    """Seed of the document and sample shuffles (--data-seed, default --seed)."""
 
     mmap_bin_files: bool = True
     """Memory-map the .bin files instead of reading them (--mmap-bin-files)."""
@@ -156,6 +161,8 @@ class GPTDataConfig:
         """Every prefix has its .bin/.idx and no token id beyond ``tokenizer``'s vocabulary."""
         for prefix, flag in self.prefixes():
             _check_prefix_files(prefix, flag)
+            check_index_matches_data(prefix, flag)
+            check_tokenizer_record(prefix, tokenizer, flag)
             if self.vocab_check_max_tokens != 0:
                 check_token_ids(prefix, tokenizer.vocab_size, self.vocab_check_max_tokens, flag)
 
@@ -182,6 +189,12 @@ class GPTDataConfig:
         return found
 
 
+def data_seed(args) -> int:
+    """The seed of the data shuffles: --data-seed if given, else --seed (Megatron-LM uses --seed)."""
+    seed = getattr(args, "data_seed", None)
+    return getattr(args, "seed", GPTDataConfig.seed) if seed is None else seed
+
+
 def data_config_from_args(args) -> GPTDataConfig:
     """Map an argparse namespace (flags of `flags.add_data_args`, plus --seq-length and --seed from the
     training parser) to a GPTDataConfig."""
@@ -193,7 +206,7 @@ def data_config_from_args(args) -> GPTDataConfig:
         test_data_path=args.test_data_path,
         split=args.split,
         data_cache_path=args.data_cache_path,
-        seed=getattr(args, "seed", GPTDataConfig.seed),
+        seed=data_seed(args),
         mmap_bin_files=args.mmap_bin_files,
         reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask,
@@ -333,13 +346,56 @@ def _check_prefix_files(prefix: str, flag: str) -> None:
             raise DataInputError(f"data prefix {prefix!r} ({flag}): missing {path}")
 
 
+def check_index_matches_data(prefix: str, flag: str = "--data-path") -> None:
+    """Raise DataInputError when PREFIX.idx is truncated or PREFIX.bin is not the data it indexes.
+
+    megatron's .idx: magic, uint64 version, uint8 dtype code, uint64 sequence and document counts,
+    then int32 lengths and int64 byte pointers per sequence and int64 document indices (and one int8
+    mode per sequence for multimodal data). The .bin holds exactly the sequences it points at.
+    """
+    idx_path, bin_path = get_idx_path(prefix), get_bin_path(prefix)
+    dtype = _index_dtype(prefix, flag)
+    with open(idx_path, "rb") as f:
+        header = f.read(_INDEX_HEADER_BYTES)
+    if len(header) < _INDEX_HEADER_BYTES:
+        raise DataInputError(f"data prefix {prefix!r} ({flag}): {idx_path} is truncated ({len(header)} bytes)")
+    num_sequences, num_documents = struct.unpack("<QQ", header[_INDEX_DTYPE_OFFSET + 1 :])
+    expected = _INDEX_HEADER_BYTES + 12 * num_sequences + 8 * num_documents
+    size = os.path.getsize(idx_path)
+    if size not in (expected, expected + num_sequences):
+        raise DataInputError(
+            f"data prefix {prefix!r} ({flag}): {idx_path} is {'truncated' if size < expected else 'corrupt'}: "
+            f"{size} bytes, its header announces {num_sequences} sequences and {num_documents} documents "
+            f"({expected} bytes)"
+        )
+    expected_bin = 0
+    if num_sequences:
+        with open(idx_path, "rb") as f:
+            f.seek(_INDEX_HEADER_BYTES + 4 * (num_sequences - 1))
+            (last_length,) = struct.unpack("<i", f.read(4))
+            f.seek(_INDEX_HEADER_BYTES + 4 * num_sequences + 8 * (num_sequences - 1))
+            (last_pointer,) = struct.unpack("<q", f.read(8))
+        expected_bin = last_pointer + last_length * np.dtype(dtype).itemsize
+    bin_size = os.path.getsize(bin_path)
+    if bin_size != expected_bin:
+        raise DataInputError(
+            f"data prefix {prefix!r} ({flag}): {bin_path} has {bin_size} bytes but {idx_path} indexes "
+            f"{expected_bin}: the .bin is truncated, or the two files come from different datasets"
+        )
+
+
 def _index_dtype(prefix: str, flag: str) -> type:
     idx_path = get_idx_path(prefix)
     with open(idx_path, "rb") as f:
         header = f.read(_INDEX_DTYPE_OFFSET + 1)
     if len(header) <= _INDEX_DTYPE_OFFSET or not header.startswith(_INDEX_MAGIC):
         raise DataInputError(f"data prefix {prefix!r} ({flag}): {idx_path} is not a megatron index file")
-    return DType.dtype_from_code(header[_INDEX_DTYPE_OFFSET])
+    try:
+        return DType.dtype_from_code(header[_INDEX_DTYPE_OFFSET])
+    except ValueError:
+        raise DataInputError(
+            f"data prefix {prefix!r} ({flag}): {idx_path} is corrupt (unknown token type code {header[_INDEX_DTYPE_OFFSET]})"
+        ) from None
 
 
 def _split_token_counts(

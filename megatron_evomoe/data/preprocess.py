@@ -15,6 +15,8 @@ How it runs:
 - Order: results are written in input order, so any --workers value gives byte-identical files.
 - Atomic outputs: files are written under temporary names and renamed only after every key succeeded; on any
   error the temporaries are deleted (see indexed_writer.py).
+- Each output gets a ``PREFIX.tokenizer.json`` record of its tokenizer (tokenizer_record.py), which training
+  checks against its own tokenizer.
 - Sentence splitting: NLTK Punkt, trained on (a sample of) this corpus unless --punkt-model is given, because
   NLTK's pretrained models cannot be downloaded here (see sentence_splitter.py). The parameters are trained
   once in the parent, so every worker splits identically.
@@ -40,6 +42,7 @@ from megatron_evomoe.data.errors import DataInputError
 from megatron_evomoe.data.indexed_writer import AtomicIndexedDatasetWriter
 from megatron_evomoe.data.sentence_splitter import SentenceSplitter, load_punkt_params, train_punkt_params
 from megatron_evomoe.data.tokenizer import FastTokenizer, MissingSpecialTokenError, TokenizerSpec
+from megatron_evomoe.data.tokenizer_record import publish_record, record_path, write_record_tmp
 
 logger = logging.getLogger(__name__)
 
@@ -349,11 +352,17 @@ def preprocess_data(config: PreprocessConfig) -> PreprocessStats:
                 raise DataInputError(f"--json-keys {key!r}: every document is blank for this key")
         for writer in writers.values():
             writer.finalize()
-        for writer in writers.values():
+        for key in writers:
+            write_record_tmp(config.output_prefix_for(key), tokenizer)
+        for key, writer in writers.items():
             writer.publish()
+            publish_record(config.output_prefix_for(key))
     except BaseException:
-        for writer in writers.values():
+        for key, writer in writers.items():
             writer.discard()
+            stale = record_path(config.output_prefix_for(key)) + ".tmp"
+            if os.path.exists(stale):
+                os.remove(stale)
         raise
     stats.num_documents = reader.num_documents
     stats.num_empty_documents = reader.num_empty

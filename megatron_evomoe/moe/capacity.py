@@ -1,7 +1,12 @@
 """Expert capacity: at most ``capacity`` tokens per expert, the rest dropped (for that expert).
 
-capacity = ceil(capacity_factor * T * k / E) for T local tokens, E experts and the router's nominal k
-(1 for Switch, 2 for GShard). Which tokens stay is the token-drop policy:
+capacity = ceil(capacity_factor * P / E) for E experts and P (token, expert) pairs of the T local
+tokens: P = T * k for routers with a fixed k (Switch k = 1, GShard k = 2, as their papers define
+capacity), and P = the pairs the gate actually selected for the content-based gates whose tokens
+visit a varying number of experts (EvoMoE's DTS gate, DSelect-k). Either way the factor keeps its
+meaning, the slack of each expert over the mean load; sizing a dense DTS phase from k = 1 instead
+would drop almost every pair (E = 16, tau = 2: ~16 pairs per token, slots for 1.25). Which tokens
+stay is the token-drop policy:
 
 * ``probs`` keeps the tokens with the largest gate weight (megatron-core's default);
 * ``position`` keeps the earliest tokens in sequence order (Switch Transformer / GShard).
@@ -18,7 +23,11 @@ import torch
 
 
 def expert_capacity(num_tokens: int, num_experts: int, topk: int, capacity_factor: float) -> int:
-    """Tokens an expert may take: ceil(capacity_factor * num_tokens * topk / num_experts)."""
+    """Tokens an expert may take: ceil(capacity_factor * num_tokens * topk / num_experts).
+
+    For a gate with a varying number of experts per token pass the selected pairs as
+    ``num_tokens`` and ``topk = 1``.
+    """
     return int(math.ceil(capacity_factor * num_tokens * topk / num_experts))
 
 

@@ -112,7 +112,7 @@ class MoELayer(MegatronModule):
             return self._forward_shared_expert(hidden_states)
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
         token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
-        probs, routing_map, aux_loss, logged_losses = self.recompute(self._route, tokens, token_ids)
+        probs, routing_map, num_selected, aux_loss, logged_losses = self.recompute(self._route, tokens, token_ids)
         expert_input, tokens_per_expert, expert_probs = self.dispatcher.dispatch(tokens, probs, routing_map)
         with regather_on_backward(expert_input, self.dispatcher.local_gather()):
             expert_output = self.recompute(self._compute_experts, expert_input, tokens_per_expert, expert_probs)
@@ -120,14 +120,16 @@ class MoELayer(MegatronModule):
         if aux_loss is not None:
             output = MoEAuxLossAutoScaler.apply(output, aux_loss)
         if self.training and recompute_phase() != REPLAY:  # megatron's recomputation: counted once
-            self.stats.record(routing_map, logged_losses)
+            self.stats.record(routing_map, logged_losses, num_selected)
         return output.view(hidden_states.shape), None
 
     def _route(self, tokens: torch.Tensor, token_ids: Optional[torch.Tensor]):
-        """Router then capacity: ``(probs [T, E], routing_map [T, E], aux_loss | None, logged losses)``."""
+        """Router then capacity: ``(probs [T, E], routing_map [T, E], pairs the gate selected (int64
+        scalar, before capacity), aux_loss | None, logged losses)``."""
         decision = self.router(tokens, token_ids)
-        probs, routing_map = self._apply_capacity(decision.probs, decision.routing_map)
-        return probs, routing_map, decision.aux_loss, decision.logged_losses
+        num_selected = decision.routing_map.sum()
+        probs, routing_map = self._apply_capacity(decision.probs, decision.routing_map, num_selected)
+        return probs, routing_map, num_selected, decision.aux_loss, decision.logged_losses
 
     def _compute_experts(self, expert_input, tokens_per_expert, expert_probs) -> torch.Tensor:
         """The local experts on their rows (grouped by expert); the gate weight is applied inside."""
@@ -143,11 +145,15 @@ class MoELayer(MegatronModule):
             self.stats.record_dense(hidden_states.shape[0] * hidden_states.shape[1], hidden_states.device)
         return output, None
 
-    def _apply_capacity(self, probs: torch.Tensor, routing_map: torch.Tensor):
+    def _apply_capacity(self, probs: torch.Tensor, routing_map: torch.Tensor, num_selected: torch.Tensor):
+        """Capacity from T * k for fixed-k routers, from the selected pairs for content-based gates
+        (``moe/capacity.py``); the balance loss counted the gate's choices before this."""
         factor = self.config.moe_expert_capacity_factor
         if factor is None:
             return probs, routing_map
-        capacity = expert_capacity(
-            routing_map.shape[0], self.config.num_moe_experts, self.config.moe_router_topk, factor
-        )
+        num_experts = self.config.num_moe_experts
+        if self.router.FIXED_TOPK:
+            capacity = expert_capacity(routing_map.shape[0], num_experts, self.config.moe_router_topk, factor)
+        else:
+            capacity = expert_capacity(int(num_selected), num_experts, 1, factor)
         return apply_capacity(probs, routing_map, capacity, self.config.moe_token_drop_policy)

@@ -95,6 +95,11 @@ class Router(MegatronModule, ABC):
         """
         return 2.0 * config.hidden_size * config.num_moe_experts
 
+    FIXED_TOPK: bool = True
+    """Whether every token selects ``moe_router_topk`` experts (capacity is then sized from T * k,
+    as Switch and GShard define it); False for content-based gates whose tokens visit a varying
+    number of experts (DTS, DSelect-k), whose capacity is sized from the pairs actually selected."""
+
     NEEDS_TOKEN_COUNTS: bool = False
     """True for routers that are built from training-data token frequencies (balanced hash)."""
 
@@ -161,6 +166,12 @@ class Router(MegatronModule, ABC):
         param = torch.nn.Parameter(weight.to(self.config.params_dtype))
         setattr(param, "sequence_parallel", self.config.sequence_parallel)
         return param
+
+
+def orthogonal_centroids(tensor: torch.Tensor) -> None:
+    """fairseq's BASE-layer init of expert centroids (also StableMoE's): orthogonal rows, gain 0.1,
+    so experts start in distinct directions with small scores."""
+    torch.nn.init.orthogonal_(tensor, gain=0.1)
 
 
 def mark_sequence_parallel(module: torch.nn.Module, sequence_parallel: bool) -> None:

@@ -8,8 +8,11 @@ Top-1. The temperature is updated once per optimizer step (never per micro-batch
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
-from megatron_evomoe.config import EvoMoEOptions
+if TYPE_CHECKING:  # importing the config pulls in megatron-core; tools that only plan runs need not
+    from megatron_evomoe.config import EvoMoEOptions
 
 EXPERT_DIVERSIFY = "expert_diversify"
 GATE_SPARSIFY = "gate_sparsify"
@@ -17,6 +20,68 @@ TOP1 = "top1"
 SPARSE = "sparse"
 STABLEMOE_STAGE1 = "stage1"
 STABLEMOE_STAGE2 = "stage2"
+
+
+SHARED_EXPERT_PERCENT = 5
+"""T_S in percent of --train-iters when --evomoe-shared-expert-iters is not given. EvoMoE sec. V:
+5k of 100k steps (RoBERTa, sec. V-B) and 10k of 200k steps (GPT, sec. V-C) train the shared expert."""
+
+ANNEAL_PERCENT = 5
+"""Annealing length in percent of --train-iters when --dts-anneal-iters is not given. EvoMoE sec.
+V-B: tau goes from 2.0 to 0.3 over the 5k steps after T_S, of 100k (5%; 5k of 200k for GPT, 2.5%)."""
+
+
+@dataclass(frozen=True)
+class EvoMoEPhases:
+    """The resolved EvoMoE schedule, in optimizer steps (0-based iterations).
+
+    Attributes:
+        shared_expert_iters: T_S, steps of stage 1 (0 without expert-diversify).
+        anneal_iters: steps over which tau goes from max to min, starting when the gate starts.
+        top1_iter: T_D, the first step of the Top-1 gate.
+    """
+
+    shared_expert_iters: int
+    anneal_iters: int
+    top1_iter: int
+
+    def describe(self, train_iters: int) -> str:
+        """One line for the start-up log."""
+        return (
+            f"EvoMoE schedule: T_S = {self.shared_expert_iters}, tau annealed over {self.anneal_iters} "
+            f"iterations, T_D = {self.top1_iter} (of {train_iters} iterations)"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "shared_expert_iters": self.shared_expert_iters,
+            "dts_anneal_iters": self.anneal_iters,
+            "dts_top1_iter": self.top1_iter,
+        }
+
+
+def resolve_evomoe_phases(
+    train_iters: int,
+    shared_expert_iters: Optional[int] = None,
+    anneal_iters: Optional[int] = None,
+    top1_iter: Optional[int] = None,
+    expert_diversify: bool = True,
+) -> EvoMoEPhases:
+    """T_S, annealing length and T_D from the flags, with the paper's defaults where a flag is None.
+
+    The only place these defaults are computed: T_S = 5% and annealing = 5% of ``train_iters``
+    (rounded down, at least one step each), T_D = T_S + annealing. Without expert-diversify T_S is 0 (the gate
+    starts at step 0).
+    """
+    if shared_expert_iters is None:
+        shared_expert_iters = max(1, train_iters * SHARED_EXPERT_PERCENT // 100)
+    if not expert_diversify:
+        shared_expert_iters = 0
+    if anneal_iters is None:
+        anneal_iters = max(1, train_iters * ANNEAL_PERCENT // 100)
+    if top1_iter is None:
+        top1_iter = shared_expert_iters + anneal_iters
+    return EvoMoEPhases(shared_expert_iters, anneal_iters, top1_iter)
 
 
 def anneal_temperature(step: int, anneal_iters: int, max_temp: float, min_temp: float, schedule: str) -> float:
@@ -41,10 +106,7 @@ def evomoe_phase(iteration: int, options: EvoMoEOptions) -> str:
         return EXPERT_DIVERSIFY
     if not options.gate_sparsify:
         return TOP1
-    top1_iter = options.dts_top1_iter
-    if top1_iter is None:
-        top1_iter = options.shared_expert_iters + options.dts_anneal_iters
-    return TOP1 if iteration >= top1_iter else GATE_SPARSIFY
+    return TOP1 if iteration >= options.dts_top1_iter else GATE_SPARSIFY
 
 
 def evomoe_temperature(iteration: int, options: EvoMoEOptions) -> float:

@@ -13,8 +13,9 @@ from typing import Dict, Optional
 
 import torch
 
-# Order of the scalar slots; per-expert counts are kept separately.
-SCALARS = ("num_tokens", "num_assignments", "num_unrouted", "num_microbatches")
+# Order of the scalar slots; per-expert counts are kept separately. num_selected: (token, expert)
+# pairs the gate chose; num_assignments: those left after capacity (computed by the experts).
+SCALARS = ("num_tokens", "num_assignments", "num_unrouted", "num_microbatches", "num_selected")
 
 
 class RoutingStats:
@@ -37,16 +38,21 @@ class RoutingStats:
         self._tokens_per_expert += tokens_per_expert
         self._scalars += scalars
 
-    def record(self, routing_map: torch.Tensor, logged_losses: Dict[str, torch.Tensor]) -> None:
-        """Add one micro-batch: ``routing_map`` ``[T, E]`` bool after capacity dropping."""
+    def record(
+        self, routing_map: torch.Tensor, logged_losses: Dict[str, torch.Tensor], num_selected: Optional[torch.Tensor] = None
+    ) -> None:
+        """Add one micro-batch: ``routing_map`` ``[T, E]`` bool after capacity dropping, and the
+        pairs the gate selected before it (None: nothing was dropped)."""
         with torch.no_grad():
             per_token = routing_map.sum(dim=1)
+            kept = per_token.sum().double()
             scalars = torch.stack(
                 [
                     torch.tensor(float(routing_map.shape[0]), dtype=torch.float64, device=routing_map.device),
-                    per_token.sum().double(),
+                    kept,
                     (per_token == 0).sum().double(),
                     torch.ones((), dtype=torch.float64, device=routing_map.device),
+                    kept if num_selected is None else num_selected.double(),
                 ]
             )
             self._add(routing_map.sum(dim=0).double(), scalars)
@@ -56,7 +62,7 @@ class RoutingStats:
 
     def record_dense(self, num_tokens: int, device: Optional[torch.device] = None) -> None:
         """Add one micro-batch of the EvoMoE shared-expert phase (every token, one FFN, no gate)."""
-        scalars = torch.tensor([num_tokens, num_tokens, 0.0, 1.0], dtype=torch.float64, device=device)
+        scalars = torch.tensor([num_tokens, num_tokens, 0.0, 1.0, num_tokens], dtype=torch.float64, device=device)
         self._add(torch.zeros(self.num_experts, dtype=torch.float64, device=device), scalars)
 
     def snapshot(self) -> tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:

@@ -14,6 +14,7 @@ and per-rank RNG states are saved; RNG states are restored only under the same w
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from megatron.core.dist_checkpointing.validation import StrictHandling
 from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.module import Float16Module
 from torch.distributed.checkpoint.api import CheckpointException
+
+from megatron_evomoe.training import checkpoint_files
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +67,31 @@ def read_tracker(root: str) -> int:
     path = os.path.join(root, TRACKER_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint in {root}: {TRACKER_FILE} is missing")
-    text = open(path).read().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{path}: expected an iteration number, found {text!r}")
+    raw = open(path, "rb").read()
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: expected an iteration number, found {len(raw)} bytes of binary data") from None
+    if not (text.isdigit() and text.isascii()):
+        raise CheckpointError(f"{path}: expected an iteration number, found {text[:40]!r}")
     return int(text)
+
+
+def has_checkpoint(root: str) -> bool:
+    """Whether ``root`` names a checkpoint to resume from (its tracker file exists).
+
+    Without a tracker, ``--load`` starts from scratch, as in Megatron-LM, unless ``root`` holds
+    finished ``iter_*`` directories: then the tracker was lost, and starting over would overwrite them.
+    """
+    if os.path.isfile(os.path.join(root, TRACKER_FILE)):
+        return True
+    finished = sorted(n for n in os.listdir(root) if n.startswith("iter_") and "." not in n) if os.path.isdir(root) else []
+    if finished:
+        raise CheckpointError(
+            f"{root} holds checkpoints ({', '.join(finished[-3:])}) but no {TRACKER_FILE}: write the iteration to "
+            f"resume from into {os.path.join(root, TRACKER_FILE)}, or move them away to start from scratch"
+        )
+    return False
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -109,9 +133,25 @@ def save_checkpoint(
     extra: Optional[Dict[str, Any]] = None,
     run_meta: Optional[Dict[str, Any]] = None,
 ) -> str:
-    """Write the checkpoint of ``state.iteration`` atomically; returns its directory."""
+    """Write the checkpoint of ``state.iteration`` atomically; returns its directory.
+
+    Raises CheckpointError (one line: the directory and the OS's reason, e.g. "No space left on
+    device") when it cannot be written; its temporary directory is then removed and the previous
+    checkpoint stays the latest. A failed data-file write fails on every rank; a failure of rank
+    0's own files (``common.pt``) fails rank 0, whose exit makes the launcher stop the others.
+    """
     final_dir = checkpoint_dir(root, state.iteration)
     tmp_dir = final_dir + ".tmp"
+    try:
+        return _write_checkpoint(root, final_dir, tmp_dir, state, model_chunks, optimizer, scheduler, extra, run_meta)
+    except (OSError, RuntimeError, CheckpointException) as exc:
+        reason = checkpoint_files.write_failure_reason(exc, tmp_dir if os.path.isdir(tmp_dir) else root)
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final_dir}: {reason}") from exc
+
+
+def _write_checkpoint(root, final_dir, tmp_dir, state, model_chunks, optimizer, scheduler, extra, run_meta) -> str:
     rank = dist.get_rank()
     if rank == 0:
         os.makedirs(root, exist_ok=True)
@@ -129,23 +169,44 @@ def save_checkpoint(
     }
     dist_checkpointing.save(sharded, tmp_dir)
     dist.barrier()
+    failure = None
     if rank == 0:
-        with open(os.path.join(tmp_dir, META_FILE), "w") as f:
-            json.dump(run_meta or {}, f, indent=1, sort_keys=True)
-        if os.path.exists(final_dir):
-            stale = final_dir + ".old"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(final_dir, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp_dir, final_dir)
-        tracker_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
-        with open(tracker_tmp, "w") as f:
-            f.write(str(state.iteration))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tracker_tmp, os.path.join(root, TRACKER_FILE))
-    dist.barrier()
+        try:
+            _publish(root, final_dir, tmp_dir, state.iteration, run_meta)
+        except OSError as exc:
+            failure = exc
+    # Every rank learns whether rank 0 published (this replaces a barrier), so all fail alike.
+    reason = _from_rank0(None if failure is None else failure.strerror or str(failure))
+    if failure is not None:
+        raise failure
+    if reason is not None:
+        raise OSError(errno.EIO, reason)
     return final_dir
+
+
+def _publish(root: str, final_dir: str, tmp_dir: str, iteration: int, run_meta: Optional[Dict[str, Any]]) -> None:
+    """Rank 0: run metadata, rename ``.tmp`` to its final name, then move the tracker."""
+    with open(os.path.join(tmp_dir, META_FILE), "w") as f:
+        json.dump(run_meta or {}, f, indent=1, sort_keys=True)
+    if os.path.exists(final_dir):
+        stale = final_dir + ".old"
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(final_dir, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp_dir, final_dir)
+    tracker_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
+    with open(tracker_tmp, "w") as f:
+        f.write(str(iteration))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tracker_tmp, os.path.join(root, TRACKER_FILE))
+
+
+def _from_rank0(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def check_run_meta(ckpt_dir: str, run_meta: Dict[str, Any], keys: List[str]) -> None:
@@ -154,15 +215,27 @@ def check_run_meta(ckpt_dir: str, run_meta: Dict[str, Any], keys: List[str]) -> 
     if not os.path.isfile(path):
         raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint ({META_FILE} missing)")
     try:
-        saved = json.load(open(path))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
+        saved = json.load(open(path, "rb"))
+    except ValueError as exc:  # not JSON, or not text at all
+        raise CheckpointError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} is corrupt: expected a JSON object")
     for key in keys:
         if key in saved and key in run_meta and saved[key] != run_meta[key]:
+            if key == "precision":
+                raise CheckpointError(
+                    f"checkpoint {ckpt_dir} was saved in {_precision_flags(saved[key])}, this run is "
+                    f"{_precision_flags(run_meta[key])}: its optimizer state does not fit; use the same precision "
+                    "flag, or take the weights only with --no-load-optim or --finetune"
+                )
             flag = "--" + key.replace("_", "-")
             raise CheckpointError(
                 f"checkpoint {ckpt_dir} was saved with {flag} {saved[key]}, this run has {run_meta[key]}"
             )
+
+
+def _precision_flags(precision: str) -> str:
+    return {"bf16": "bf16 (--bf16)", "fp16": "fp16 (--fp16)"}.get(precision, "fp32 (neither --bf16 nor --fp16)")
 
 
 def load_checkpoint(
@@ -183,6 +256,9 @@ def load_checkpoint(
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"tracker in {root} names iteration {iteration}, but {ckpt_dir} is missing")
     check_run_meta(ckpt_dir, run_meta or {}, meta_keys or [])
+    problem = _from_rank0(checkpoint_files.missing_or_truncated(ckpt_dir) if dist.get_rank() == 0 else None)
+    if problem is not None:
+        raise CheckpointError(problem)
     model_sd = _model_sharded_state_dict(model_chunks)
     template: Dict[str, Any] = {"model": model_sd}
     if optimizer is not None:
@@ -193,7 +269,7 @@ def load_checkpoint(
     try:
         loaded = dist_checkpointing.load(template, ckpt_dir, strict=StrictHandling.ASSUME_OK_UNEXPECTED)
     except (Exception, CheckpointException) as exc:  # many types (CheckpointException is a BaseException)
-        raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(checkpoint_files.load_failure_reason(ckpt_dir, exc)) from exc
     missing, unexpected = [], []
     result = unwrap_model(model_chunks[0]).load_state_dict(loaded["model"], strict=False)
     missing, unexpected = _real_mismatches(result)

@@ -8,10 +8,13 @@ sees the same samples per step, and resuming needs nothing but ``consumed_sample
 
 from __future__ import annotations
 
+import signal
 from typing import Iterator, List
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from megatron_evomoe import compat
 
 
 class MicroBatchSampler:
@@ -36,6 +39,13 @@ class MicroBatchSampler:
             start += stride
 
 
+def _init_worker(_worker_id: int) -> None:
+    """A DataLoader worker dies with the trainer and leaves SIGTERM to it: SLURM signals every
+    process of the job, and the trainer must outlive its workers to save (--exit-signal-handler)."""
+    compat.die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_iterator(
     dataset: Dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int, num_workers: int = 0
 ) -> Iterator[dict]:
@@ -48,6 +58,7 @@ def build_iterator(
         # gumbel noise draw from (else a resumed run drifts from an uninterrupted one).
         generator=torch.Generator().manual_seed(0),
         num_workers=num_workers,
+        worker_init_fn=_init_worker if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )

@@ -27,6 +27,7 @@ from megatron_evomoe import compat
 from megatron_evomoe.analysis import memory_estimate as mem
 from megatron_evomoe.analysis.param_inventory import ParamInventory, take_inventory
 from megatron_evomoe.models.layer_specs import moe_layer_pattern
+from megatron_evomoe.moe.evolution import describe_schedule
 
 GIB = 1024.0**3
 
@@ -82,38 +83,44 @@ def estimate(run, inventory: ParamInventory, fine_tuning: bool = False) -> DryRu
 
     ``fine_tuning``: routers run in their final state (EvoMoE's Top-1), so there is no dense-DTS peak.
     """
-    model, training, layout = run.model, run.training, run.layout
+    model, layout = run.model, run.layout
     tp, pp, ep = layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size, layout.expert_model_parallel_size
     etp = layout.expert_tensor_parallel_size or tp
     dp = run.data_parallel_size
     expert_dp = max(1, run.world_size // (ep * etp * pp))
     mixed = bool(model.bf16 or model.fp16)
-    shape = mem.ActivationShape(
-        training.seq_length, training.micro_batch_size, model.hidden_size, model.ffn_hidden_size,
-        model.num_attention_heads, tp, 2 if mixed else 4, fused_attention=True,
-    )
     topk = float(model.moe_router_topk or 1)
     dts_dense_start = model.moe_router.router_type == "dts" and model.evomoe.gate_sparsify and not fine_tuning
     peak_k = float(model.num_moe_experts) if (model.num_moe_experts and dts_dense_start) else topk
-    pattern = moe_layer_pattern(model)
-    per_stage = model.num_layers // pp
     stages = []
     for stage, counts in enumerate(inventory.stages):
         dense, expert = counts.per_rank(tp, ep, etp)
         weights, grads, optimizer = mem.rank_static_bytes(
             dense, expert, mixed, run.optimizer.use_distributed_optimizer, dp, expert_dp
         )
-        args = dict(
-            shape=shape, moe_pattern=pattern[stage * per_stage : (stage + 1) * per_stage],
-            num_experts=model.num_moe_experts or 0, moe_ffn_hidden_size=model.moe_ffn_hidden_size or 0,
-            in_flight=mem.in_flight_microbatches(stage, pp, run.num_microbatches),
-            first_stage=stage == 0, last_stage=stage == pp - 1, vocab_size=model.vocab_size,
-            recompute=model.recompute_granularity,
-        )
-        steady = mem.stage_activation_bytes(experts_per_token=topk, **args)
-        peak = mem.stage_activation_bytes(experts_per_token=peak_k, **args)
+        steady = stage_activation_bytes(run, stage, topk)
+        peak = stage_activation_bytes(run, stage, peak_k)
         stages.append(mem.RankMemory(dense, expert, weights, grads, optimizer, steady, peak))
     return DryRunReport(inventory, topk, peak_k, stages)
+
+
+def stage_activation_bytes(run, stage: int, experts_per_token: float, fused_attention: bool = True) -> float:
+    """Activation bytes one rank of pipeline stage ``stage`` holds (``fused_attention=False``: the
+    attention scores are materialised, as in SDPA's math kernel on the CPU)."""
+    model, training, layout = run.model, run.training, run.layout
+    tp, pp = layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size
+    shape = mem.ActivationShape(
+        training.seq_length, training.micro_batch_size, model.hidden_size, model.ffn_hidden_size,
+        model.num_attention_heads, tp, 2 if (model.bf16 or model.fp16) else 4, fused_attention=fused_attention,
+    )
+    per_stage = model.num_layers // pp
+    return mem.stage_activation_bytes(
+        shape=shape, moe_pattern=moe_layer_pattern(model)[stage * per_stage : (stage + 1) * per_stage],
+        num_experts=model.num_moe_experts or 0, moe_ffn_hidden_size=model.moe_ffn_hidden_size or 0,
+        experts_per_token=experts_per_token, in_flight=mem.in_flight_microbatches(stage, pp, run.num_microbatches),
+        first_stage=stage == 0, last_stage=stage == pp - 1, vocab_size=model.vocab_size,
+        recompute=model.recompute_granularity,
+    )
 
 
 def _b(count: float) -> str:
@@ -151,6 +158,9 @@ def format_report(run, report: DryRunReport, name: str) -> str:
         f"{run.num_microbatches} micro-batches; {tokens:,} tokens/iteration, "
         f"{tokens * training.train_iters:,} tokens in {training.train_iters} iterations",
     ]
+    schedule_line = describe_schedule(model, training.train_iters) if moe else None
+    if schedule_line:
+        lines.append(schedule_line)
     mixed = bool(model.bf16 or model.fp16)
     per = mem.static_bytes_per_param(mixed)
     shard = " / DP (distributed optimizer)" if run.optimizer.use_distributed_optimizer else ""

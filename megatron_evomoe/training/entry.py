@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Optional, Sequence
 
 from megatron_evomoe import initialize
@@ -18,12 +19,17 @@ from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
 from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
 from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
+from megatron_evomoe.training.startup_checks import check_startup
 
 
 def quiet_megatron() -> None:
-    """Keep megatron-core's INFO/WARNING chatter (e.g. "Unknown MLP type" for our MoE layer) out of
-    the console; errors still show."""
+    """Keep megatron-core's INFO/WARNING chatter (e.g. "Unknown MLP type" for our MoE layer) and
+    torch's deprecation warnings about megatron's checkpoint calls out of the console; errors still show."""
     logging.getLogger("megatron.core").setLevel(logging.ERROR)
+    # A failed checkpoint read or write is raised to us and reported as one line (checkpoint_files.py).
+    logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.CRITICAL)
+    for message in (".*Please use DTensor instead", "`load_state_dict` is deprecated"):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 def configure(
@@ -77,6 +83,7 @@ def main(
         if run.training.dry_run and dry_run is not None:
             dry_run(run, task)
             return None
+        check_startup(run)
         initialize.initialize(run.layout, run.training.seed, args.distributed_timeout_minutes)
         session = pretrain(run, task)
     except ValueError as exc:  # user errors: flags, data, checkpoints

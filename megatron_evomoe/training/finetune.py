@@ -5,8 +5,9 @@ The model is :class:`~megatron_evomoe.models.bert_classifier.BertClassifier`, wr
 stepped exactly as in pretraining (``loop.setup_session`` / ``loop.train_step``: megatron DDP,
 distributed optimizer, TP/PP/EP, bf16). Differences from pretraining:
 
-* MoE routers run in their final state for the whole run (``PhaseController.final_routing_state``:
-  EvoMoE's Top-1 gate, StableMoE's frozen router), never the pretraining schedule;
+* MoE routers run for the whole run in the routing state the loaded checkpoint's last step trained
+  with (recorded in its ``run_meta.json``; EvoMoE's Top-1 gate at the final tau, the ablation's tau
+  = 1 gate, StableMoE's frozen router), never the pretraining schedule;
 * ``--pretrained-checkpoint`` loads only the encoder (any parallel layout, resharded by megatron's
   dist checkpointing) under a freshly drawn head; ``--load`` loads a checkpoint fine-tuned on this
   task, head included (e.g. to predict with ``--epochs 0``);
@@ -41,7 +42,9 @@ from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
-from megatron_evomoe.training.loop import Task, TrainingSession, run_meta, save, setup_session, train_step
+from megatron_evomoe.training.loop import (
+    Task, TrainingSession, checkpoint_routing_state, run_meta, save, setup_session, train_step,
+)
 from megatron_evomoe.training.predict import predict_outputs
 from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_metrics import collect_step_routing
@@ -162,11 +165,15 @@ def finetune(
     """Fine-tune (or, with ``epochs == 0``, only evaluate) as configured; see the module docstring."""
     loop_task = glue_loop_task(task, add_binary_head)
     session = setup_session(run, loop_task)  # --load (weights only) happens here
-    session.controller.apply_state(session.model, session.controller.final_routing_state())
     if config.pretrained_checkpoint:
         load_encoder(session.model, run, config.pretrained_checkpoint)
     elif run.training.load:
         print_rank0(f"loaded the {task.name} model of {run.training.load} (encoder and head)")
+    loaded = config.pretrained_checkpoint or run.training.load
+    # The routing the loaded model's last step trained with; the end of the schedule for an older
+    # checkpoint that does not record it (or a model fine-tuned from scratch).
+    routing = (checkpoint_routing_state(loaded) if loaded else None) or session.controller.final_routing_state()
+    session.controller.apply_state(session.model, routing)
     session.optimizer.reload_model_params()  # fp32 master weights follow the loaded ones
     seq = run.training.seq_length
 

@@ -14,16 +14,24 @@ import sys
 from typing import Any, Optional, Sequence
 
 from megatron_evomoe import initialize
-from megatron_evomoe.arguments import build_parser, build_run_config, world_size_from_env
+from megatron_evomoe.arguments import build_parser, build_run_config, check_flag_values, world_size_from_env
 from megatron_evomoe.bert_arguments import FinetuneConfig, add_glue_args, finetune_config_from_args
 from megatron_evomoe.data.glue.readers import read_task_data
 from megatron_evomoe.data.glue.tasks import GlueTask, get_task
 from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
 from megatron_evomoe.data.tokenizer import padded_vocab_size
+from megatron_evomoe.training.checkpoint_files import holds_key_prefix
+from megatron_evomoe.training.checkpointing import TRACKER_FILE, checkpoint_dir, read_tracker
 from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import quiet_megatron
 from megatron_evomoe.training.finetune import FinetuneResult, finetune, glue_loop_task
-from megatron_evomoe.training.model_args import default_model_name, flag_defaults, read_model_args, save_model_args
+from megatron_evomoe.training.model_args import (
+    MODEL_ARGS_FILE, default_model_name, flag_defaults, read_model_args, save_model_args,
+)
+from megatron_evomoe.training.startup_checks import check_startup
+
+BERT_ONLY_KEY_PREFIX = "lm_head."
+"""Every BERT checkpoint (pretrained or fine-tuned: the classifier keeps the frozen LM head) stores it."""
 
 FINETUNE_DEFAULTS = {
     # RoBERTa's GLUE recipe (Liu et al. 2019, Table 10); the paper follows RoBERTa.
@@ -43,6 +51,9 @@ def parse_finetune_args(
     peek.add_argument("--pretrained-checkpoint")
     peek.add_argument("--load")
     known, _ = peek.parse_known_args(argv)
+    for flag, root in (("--load", known.load), ("--pretrained-checkpoint", known.pretrained_checkpoint)):
+        if root:
+            check_bert_checkpoint(flag, root)
     source = known.load or known.pretrained_checkpoint
     record = read_model_args(source) if source else None
     parser = build_parser(description, add_glue_args)
@@ -50,6 +61,23 @@ def parse_finetune_args(
     if record is not None:
         parser.set_defaults(**flag_defaults(record, parser))
     return parser.parse_args(argv), record, parser
+
+
+def check_bert_checkpoint(flag: str, root: str) -> None:
+    """``root`` exists and holds a BERT checkpoint (a masked-LM head: pretraining or fine-tuning),
+    before its flags are read or anything is built."""
+    if not os.path.isdir(root):
+        raise ValueError(f"{flag} {root}: no such checkpoint directory")
+    if not os.path.isfile(os.path.join(root, TRACKER_FILE)):
+        if not os.path.isfile(os.path.join(root, MODEL_ARGS_FILE)):
+            raise ValueError(f"{flag} {root} holds no checkpoint ({TRACKER_FILE} is missing)")
+        return  # only the model's flags so far (e.g. a fine-tuning run that has not saved yet)
+    ckpt_dir = checkpoint_dir(root, read_tracker(root))
+    if holds_key_prefix(ckpt_dir, BERT_ONLY_KEY_PREFIX) is False:
+        raise ValueError(
+            f"{flag} {root} is not a BERT checkpoint ({ckpt_dir} has no masked-LM head; a GPT checkpoint?): "
+            "fine-tune from a pretrain_bert_moe.py or finetune_glue.py --save directory"
+        )
 
 
 def set_schedule(args: argparse.Namespace, config: FinetuneConfig, num_train: int, world_size: int) -> None:
@@ -101,12 +129,14 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optiona
         task = get_task(config.task)
         check_load_source(task, record, args)
         data = read_task_data(task, config.data_dir, train=config.epochs > 0, test=config.predict)
+        check_flag_values(args)  # before the schedule divides by the batch size
         set_schedule(args, config, len(data.train), world_size_from_env())
         tokenizer = mlm_tokenizer_from_args(args)
         run = build_run_config(args, vocabulary_size(args, tokenizer, record))
         if run.training.dry_run:  # validate, print sizes and memory (training/dry_run.py); no training
             print_dry_run(run, glue_loop_task(task, args.bert_binary_head), fine_tuning=True)
             return None
+        check_startup(run)
         source = args.load or config.pretrained_checkpoint
         model_name = config.model_name or (record or {}).get("model_name") or default_model_name(source)
         if run.training.save and int(os.environ.get("RANK", "0")) == 0:

@@ -8,9 +8,11 @@ and FLOPs -> logs, evaluation, checkpoints. A model family plugs in through :cla
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -22,13 +24,16 @@ from megatron.core.transformer.module import Float16Module
 from torch.utils.data import Dataset
 
 from megatron_evomoe import compat
-from megatron_evomoe.arguments import RunConfig, architecture_meta
-from megatron_evomoe.moe.evolution import PhaseController
+from megatron_evomoe.arguments import RunConfig, architecture_meta, precision_name
+from megatron_evomoe.moe.evolution import PhaseController, describe_schedule, routing_schedule
+from megatron_evomoe.moe.router import RoutingState
+from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpointing import TrainState
 from megatron_evomoe.training.collectives import sum_over_world
 from megatron_evomoe.training.data_loading import build_iterator
+from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_handler
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
@@ -102,16 +107,25 @@ def setup_session(run: RunConfig, task: Task) -> TrainingSession:
     controller = PhaseController(config)
     state = TrainState()
     training = run.training
-    if training.load:
+    if training.load and checkpointing.has_checkpoint(training.load):
         state = load(run, model, optimizer, scheduler, controller)
+    elif training.load:
+        if training.finetune:
+            raise checkpointing.CheckpointError(f"--finetune: no checkpoint in --load {training.load}")
+        print_rank0(f"no checkpoint in {training.load} ({checkpointing.TRACKER_FILE} is missing): training from scratch")
     return TrainingSession(run, model, optimizer, scheduler, controller, state)
 
 
 def run_meta(run: RunConfig) -> dict:
-    """What a checkpoint records about the run (checked on load)."""
+    """What a checkpoint records about the run (the architecture keys are checked on load)."""
     meta = architecture_meta(run.model)
+    meta["precision"] = precision_name(run.model)
+    if hasattr(run.args, "bert_binary_head"):  # BERT: the pooler and NSP/SOP head exist only with it
+        meta["bert_binary_head"] = run.args.bert_binary_head
     meta["world_size"] = run.world_size
     meta["layout"] = vars(run.layout)
+    if run.model.num_moe_experts:
+        meta["routing_schedule"] = routing_schedule(run.model)
     return meta
 
 
@@ -127,7 +141,9 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         scheduler=None if finetune else scheduler,
         load_rng=not (finetune or training.no_load_rng),
         run_meta=meta,
-        meta_keys=list(architecture_meta(run.model)),
+        # The optimizer's state differs between fp32 and bf16/fp16 (master weights): compared when loaded.
+        meta_keys=list(architecture_meta(run.model)) + ["bert_binary_head"]
+        + ([] if (finetune or training.no_load_optim) else ["precision"]),
     )
     if finetune or training.no_load_optim:
         # The optimizer was built from the initial weights: its fp32 master copies (bf16/fp16) must
@@ -142,15 +158,28 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
     return state
 
 
+def checkpoint_routing_state(root: str) -> Optional[RoutingState]:
+    """The routing state the newest checkpoint under ``root`` was trained with (None if unrecorded)."""
+    try:
+        path = os.path.join(checkpointing.checkpoint_dir(root, checkpointing.read_tracker(root)), checkpointing.META_FILE)
+        with open(path) as handle:
+            return RoutingState(**json.load(handle)["routing_state"])
+    except (checkpointing.CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def save(session: TrainingSession) -> None:
-    """Checkpoint the session into ``--save``."""
+    """Checkpoint the session into ``--save``, with the routing state its last step trained with."""
+    meta = run_meta(session.run)
+    if session.controller.applied_state is not None:
+        meta["routing_state"] = asdict(session.controller.applied_state)
     path = checkpointing.save_checkpoint(
         session.run.training.save,
         session.state,
         session.model,
         session.optimizer,
         session.scheduler,
-        run_meta=run_meta(session.run),
+        run_meta=meta,
     )
     print_rank0(f"saved checkpoint {path}")
 
@@ -263,6 +292,28 @@ def evaluate(session: TrainingSession, task: Task, valid_dataset: Dataset) -> Di
     return result
 
 
+def evaluate_as_served(session: TrainingSession, task: Task, valid_dataset: Dataset, current: Dict[str, float]) -> Dict[str, float]:
+    """``val_served_loss`` / ``val_served_ppl``: the validation set scored in the final routing state.
+
+    Where that routes like the current state (``PhaseController.serving_state``), the current
+    values are the served ones; in EvoMoE's stage 1 there is no served model yet (nothing logged).
+    """
+    controller = session.controller
+    iteration = session.state.iteration - 1
+    served = controller.serving_state(iteration, session.run.training.train_iters)
+    if served is None:
+        if controller.routing_state(iteration).phase == EXPERT_DIVERSIFY:
+            return {}
+        return {"val_served_loss": current["val_loss"], "val_served_ppl": current["val_ppl"]}
+    training_state = controller.applied_state or controller.routing_state(iteration)
+    controller.apply_state(session.model, served)
+    try:
+        result = evaluate(session, task, valid_dataset)
+    finally:
+        controller.apply_state(session.model, training_state)
+    return {"val_served_loss": result["val_loss"], "val_served_ppl": result["val_ppl"]}
+
+
 # ------------------------------------------------------------------------------------- logging
 class IntervalLog:
     """Accumulates what happens between two log lines."""
@@ -277,9 +328,13 @@ class IntervalLog:
         self.routing = StepRouting()
         self.tokens = 0
         self.skipped = 0
+        self.phase_flops: Dict[str, float] = {}
 
-    def add(self, means: Dict[str, float], routing: StepRouting, tokens: int, applied: bool) -> None:
+    def add(self, means: Dict[str, float], routing: StepRouting, tokens: int, applied: bool,
+            flops: float = 0.0, phase: Optional[str] = None) -> None:
         self.steps += 1
+        if phase is not None:
+            self.phase_flops[phase] = self.phase_flops.get(phase, 0.0) + flops
         for name, value in means.items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
         self.routing = self.routing.add(routing)
@@ -313,10 +368,12 @@ def log_record(
     if routing.num_tokens:
         record.update(
             phase=routing_state.phase,
+            phase_flops=dict(interval.phase_flops),  # this interval's FLOPs by routing phase
             temperature=routing_state.temperature,
             tokens_per_expert=routing.tokens_per_expert,
             experts_per_token=routing.experts_per_token(),
             dropped_token_fraction=routing.dropped_fraction(),
+            dropped_pair_fraction=routing.dropped_pair_fraction(),
         )
         for name, values in routing.losses.items():
             record[f"{name}_loss"] = [v / steps for v in values]
@@ -354,6 +411,11 @@ def step_flops(run: RunConfig, routing: StepRouting, routing_state) -> float:
 
 def pretrain(run: RunConfig, task: Task) -> TrainingSession:
     """Train ``task`` as configured by ``run`` (process groups must be initialised)."""
+    with exit_signal_handler(run.training.exit_signal_handler) as stop_signal:
+        return _pretrain(run, task, stop_signal)
+
+
+def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandler]) -> TrainingSession:
     session = setup_session(run, task)
     training = run.training
     state = session.state
@@ -378,6 +440,9 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
     for chunk in session.model:
         chunk.train()
     print_rank0(f"training {task.name} from iteration {state.iteration} to {training.train_iters}")
+    schedule_line = describe_schedule(run.model, training.train_iters) if run.model.num_moe_experts else None
+    if schedule_line:
+        print_rank0(schedule_line)
     while state.iteration < training.train_iters:
         iteration = state.iteration
         for event in session.controller.before_step(iteration, session.model, session.optimizer):
@@ -389,10 +454,12 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
         state.iteration += 1
         state.consumed_samples += training.global_batch_size
         state.consumed_tokens += training.global_batch_size * training.seq_length
-        state.floating_point_operations += step_flops(run, routing, session.controller.routing_state(iteration))
+        step_state = session.controller.routing_state(iteration)
+        flops = step_flops(run, routing, step_state)
+        state.floating_point_operations += flops
         consecutive_skips = 0 if applied else consecutive_skips + 1
         state.skipped_iters += 0 if applied else 1
-        interval.add(means, routing, training.global_batch_size * training.seq_length, applied)
+        interval.add(means, routing, training.global_batch_size * training.seq_length, applied, flops, step_state.phase)
         if consecutive_skips >= training.max_skipped_iters:
             if training.save:
                 save(session)
@@ -408,9 +475,14 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
             interval.reset(now)
         if state.iteration % training.eval_interval == 0 or state.iteration == training.train_iters:
             if valid_ds is not None and training.eval_iters > 0:
+                eval_start = time.time()
                 record = record or {"iteration": state.iteration}
                 record.update(evaluate(session, task, valid_ds))
-                interval.reset(time.time())
+                if training.eval_as_served:
+                    record.update(evaluate_as_served(session, task, valid_ds, record))
+                # Evaluation is not training throughput; the interval's steps, metrics and FLOPs
+                # still count towards the next log line.
+                interval.start += time.time() - eval_start
         if probe is not None and record is not None and "lr" in record:
             probe_start = time.time()
             record["routing_probe"] = probe.collect(session, task)
@@ -420,18 +492,22 @@ def pretrain(run: RunConfig, task: Task) -> TrainingSession:
             writer.print(console_line(record, training.train_iters) if "lr" in record else
                          f"iter {state.iteration} | val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f}")
             if "val_loss" in record and "lr" in record:
-                writer.print(f"          validation: loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f}")
+                writer.print(f"          validation: loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f}"
+                             + (f" | as served: loss {record['val_served_loss']:.4f} | ppl "
+                                f"{record['val_served_ppl']:.2f}" if "val_served_loss" in record else ""))
         should_save = training.save and (
             (training.save_interval and state.iteration % training.save_interval == 0)
             or state.iteration == training.train_iters
         )
-        exiting = training.exit_interval and state.iteration % training.exit_interval == 0
+        signalled = stop_signal is not None and stop_signal.received_on_any_rank()
+        exiting = signalled or (training.exit_interval and state.iteration % training.exit_interval == 0)
         if should_save or (exiting and training.save):
             save_start = time.time()
             save(session)
             interval.start += time.time() - save_start  # checkpoint time is not training throughput
         if exiting:
-            print_rank0(f"exiting at iteration {state.iteration} (--exit-interval)")
+            reason = f"{stop_signal.name} received (--exit-signal-handler)" if signalled else "--exit-interval"
+            print_rank0(f"exiting at iteration {state.iteration}: {reason}")
             break
     writer.close()
     return session

@@ -28,13 +28,21 @@ class StepRouting:
     num_tokens: List[float] = field(default_factory=list)
     num_assignments: List[float] = field(default_factory=list)
     num_unrouted: List[float] = field(default_factory=list)
+    num_selected: List[float] = field(default_factory=list)
     losses: Dict[str, List[float]] = field(default_factory=dict)
 
     def experts_per_token(self) -> List[float]:
+        """Experts each token was computed by (after capacity)."""
         return [a / t if t else 0.0 for a, t in zip(self.num_assignments, self.num_tokens)]
 
     def dropped_fraction(self) -> List[float]:
+        """Tokens left with no expert (only the residual path) after capacity."""
         return [u / t if t else 0.0 for u, t in zip(self.num_unrouted, self.num_tokens)]
+
+    def dropped_pair_fraction(self) -> List[float]:
+        """(token, expert) pairs the gate selected that capacity removed: a token of a dense gate
+        can lose most of its experts without being dropped entirely."""
+        return [(s - a) / s if s else 0.0 for s, a in zip(self.num_selected, self.num_assignments)]
 
     def total_aux_loss(self) -> float:
         return float(sum(sum(values) for values in self.losses.values()))
@@ -48,6 +56,7 @@ class StepRouting:
             num_tokens=[a + b for a, b in zip(self.num_tokens, other.num_tokens)],
             num_assignments=[a + b for a, b in zip(self.num_assignments, other.num_assignments)],
             num_unrouted=[a + b for a, b in zip(self.num_unrouted, other.num_unrouted)],
+            num_selected=[a + b for a, b in zip(self.num_selected, other.num_selected)],
             losses={k: [a + b for a, b in zip(v, other.losses.get(k, [0.0] * len(v)))] for k, v in self.losses.items()},
         )
 
@@ -89,5 +98,6 @@ def collect_step_routing(
         num_tokens=scalars[:, SCALARS.index("num_tokens")].tolist(),
         num_assignments=scalars[:, SCALARS.index("num_assignments")].tolist(),
         num_unrouted=scalars[:, SCALARS.index("num_unrouted")].tolist(),
+        num_selected=scalars[:, SCALARS.index("num_selected")].tolist(),
         losses={name: losses[:, k].tolist() for k, name in enumerate(loss_names)},
     )

@@ -18,6 +18,9 @@ from megatron_evomoe.analysis.router_suite import MODEL_SIZES, resolve_variants
 PPL = {("switch", 1): (100.0, 50.0), ("switch", 2): (110.0, 55.0),
        ("dts", 1): (80.0, 40.0), ("dts", 2): (90.0, 60.0)}
 FLOPS_PER_ITER = {"switch": 1e9, "dts": 1.2e9}
+# FLOPs of the steps logged at iterations 5 and 10, by routing phase (they add up to the totals above).
+PHASE_FLOPS = {"switch": ({"sparse": 5e9}, {"sparse": 5e9}),
+               "dts": ({"expert_diversify": 3e9, "gate_sparsify": 3e9}, {"top1": 6e9})}
 
 
 def _flag(argv, name):
@@ -41,7 +44,8 @@ class FakeTraining:
                 if it <= start:
                     continue
                 record = {"iteration": it, "flops": it * FLOPS_PER_ITER[router], "elapsed_ms_per_iter": 10.0,
-                          "lm_loss": 1.0, "val_loss": 1.0, "val_ppl": PPL[(router, seed)][it // 5 - 1]}
+                          "lm_loss": 1.0, "val_loss": 1.0, "val_ppl": PPL[(router, seed)][it // 5 - 1],
+                          "phase_flops": PHASE_FLOPS[router][it // 5 - 1]}
                 f.write(json.dumps(record) + "\n")
                 if it == 5:
                     os.makedirs(ckpt, exist_ok=True)
@@ -114,7 +118,24 @@ def test_results_json_table_and_plot(tmp_path):
     assert summary["flops_to_target"]["count"] == 1 and summary["flops_to_target"]["total"] == 2
     assert doc["settings"]["token_budget"] == 10 * 4 * 64
     assert doc["settings"]["variants"]["evomoe"]["flags"][:2] == ["--num-experts", "4"]
+    # Paired with switch at the budget both reached (switch's 10e9): EvoMoE's curve read there.
+    # seed 1: 80 + (40 - 80) * 4/6 - 50 = 3.333; seed 2: 90 + (60 - 90) * 4/6 - 55 = 15.
+    paired = doc["paired"]["variants"]["evomoe"]
+    assert doc["paired"]["reference"] == "switch" and "switch" not in doc["paired"]["variants"]
+    assert paired["per_seed"]["1"]["budget"] == pytest.approx(10e9)
+    assert paired["per_seed"]["1"]["difference"] == pytest.approx(10 / 3)
+    assert paired["per_seed"]["2"]["difference"] == pytest.approx(15.0)
+    assert paired["difference"]["mean"] == pytest.approx((10 / 3 + 15) / 2)
+    assert paired["difference"]["std"] == pytest.approx(abs(15 - 10 / 3) / 2 ** 0.5)
+    # FLOPs by phase: 3 + 3 + 6 of 12 GFLOP in both seeds; switch runs in one phase (no row).
+    shares = doc["phase_flops_share"]
+    assert {p: v["mean"] for p, v in shares["evomoe"].items()} == pytest.approx(
+        {"expert_diversify": 0.25, "gate_sparsify": 0.25, "top1": 0.5})
+    assert "switch" not in shares and evo["1"]["phase_flops"]["top1"] == 6e9
+    assert doc["settings"]["variants"]["evomoe"]["sweep"] == {} and doc["settings"]["data_seed"] == 1234
     table = open(outputs.markdown).read()
+    assert "| evomoe | 9.17 ± 8.25 | seed 1: +3.33 @ 10 GFLOP; seed 2: +15.00 @ 10 GFLOP |" in table
+    assert "| evomoe | 25.0 ± 0.0 | 25.0 ± 0.0 | 50.0 ± 0.0 |" in table
     assert "| evomoe | 50.00 ± 14.14 |" in table and "(1/2 seeds)" in table
     assert "--no-expert-diversify" not in table  # only the selected variants are listed
     switch_row = next(line for line in outputs.console.splitlines() if line.startswith("switch"))

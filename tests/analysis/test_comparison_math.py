@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from megatron_evomoe.analysis.comparison_math import flops_to_reach, mean_std, ratio
+from megatron_evomoe.analysis.comparison_math import flops_to_reach, mean_std, paired_difference, ratio, value_at
 
 CURVE = [(10.0, 100.0), (20.0, 50.0), (30.0, 40.0)]
 
@@ -51,3 +51,29 @@ def test_missing_values_are_counted_and_shown():
 def test_ratio():
     assert ratio(7.5, 10.0) == 0.75
     assert ratio(None, 10.0) is None and ratio(1.0, None) is None and ratio(1.0, 0.0) is None
+
+
+def test_value_at_a_budget_is_interpolated_between_evaluations():
+    assert value_at(CURVE, 15.0) == pytest.approx(75.0)  # halfway between (10, 100) and (20, 50)
+    assert value_at(CURVE, 27.5) == pytest.approx(42.5)  # 50 - 10 * 0.75
+    assert value_at(CURVE, 30.0) == 40.0 and value_at(CURVE, 10.0) == 100.0
+    assert value_at(CURVE, 5.0) is None and value_at(CURVE, 31.0) is None  # outside what was evaluated
+
+
+def test_paired_difference_at_the_budget_both_runs_reached():
+    # EvoMoE spends more FLOPs per step (dense phase): it is read at Switch's total, 30.
+    evomoe = [(12.0, 90.0), (24.0, 45.0), (36.0, 35.0)]
+    pair = paired_difference(evomoe, CURVE)
+    assert pair.budget == 30.0
+    assert pair.variant_ppl == pytest.approx(40.0)  # 45 + (35 - 45) * 6 / 12
+    assert pair.reference_ppl == 40.0
+    assert pair.difference == pytest.approx(0.0)
+    # The other way round: Switch stops earlier than a variant that is cheaper per step.
+    cheap = [(8.0, 120.0), (16.0, 60.0), (40.0, 30.0)]
+    pair = paired_difference(cheap, CURVE)
+    assert pair.budget == 30.0
+    assert pair.difference == pytest.approx((60.0 - 30.0 * 14 / 24) - 40.0)  # 42.5 - 40 = 2.5
+    # Seeds 1-3 of a comparison: differences -3, -1, +1 -> mean -1, sample std 2.
+    stat = mean_std([-3.0, -1.0, 1.0])
+    assert (stat.mean, stat.std) == (-1.0, 2.0)
+    assert paired_difference([(10.0, float("nan"))], CURVE).difference is None

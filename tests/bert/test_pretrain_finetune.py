@@ -70,6 +70,16 @@ def test_tp2_checkpoint_loads_into_tp1_classifier(pretrained, megatron_world_of_
     assert torch.equal(model.classification_head.projection.weight, head_before)  # the head stays new
 
 
+def test_binary_head_is_recorded_and_a_mismatch_names_the_flag(pretrained):
+    from megatron_evomoe.training.checkpointing import CheckpointError, check_run_meta, checkpoint_dir, read_tracker
+
+    root = pretrained["checkpoint"]
+    ckpt = checkpoint_dir(root, read_tracker(root))
+    assert json.load(open(f"{ckpt}/run_meta.json"))["bert_binary_head"] is False
+    with pytest.raises(CheckpointError, match="saved with --bert-binary-head False, this run has True"):
+        check_run_meta(ckpt, {"bert_binary_head": True}, ["bert_binary_head"])
+
+
 def test_finetuning_beats_chance_and_writes_results(pretrained, chain):
     sst2 = chain["SST-2"]
     assert sst2["best"]["accuracy"] >= 0.8, sst2["history"]  # chance: 0.5

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -104,10 +105,19 @@ def test_vocab_mismatch_names_the_prefix(tmp_path, corpus_path, gpt_prefixes):
     small = tmp_path / "tiny_tok"
     train_tokenizer(TokenizerTrainingConfig([corpus_path], str(small), vocab_size=300))
     tiny = build_tokenizer("GPT2BPETokenizer", str(small / "vocab.json"), str(small / "merges.txt"))
-    prefix = gpt_prefixes[0]
+    prefix = str(tmp_path / "copy")
+    for suffix in (".bin", ".idx", ".tokenizer.json"):
+        shutil.copy(gpt_prefixes[0] + suffix, prefix + suffix)
+    # The tokenizer record of tools/preprocess_data.py names both tokenizers ...
+    with pytest.raises(DataInputError, match=f"data prefix '{prefix}' \\(--data-path\\) was tokenized with "
+                                             "GPT2BPETokenizer \\(600 ids.*this run's tokenizer is GPT2BPETokenizer \\(300 ids"):
+        build_gpt_datasets(config(tmp_path, data_path=[prefix]), tiny, [10, 1, 1])
+    # ... and data without a record (older, or Megatron-LM's) is still scanned for impossible ids.
+    os.remove(prefix + ".tokenizer.json")
     with pytest.raises(DataInputError, match=f"data prefix '{prefix}' \\(--data-path\\) contains token id \\d+, but "
                                              "the tokenizer has only 300 ids"):
         build_gpt_datasets(config(tmp_path, data_path=[prefix]), tiny, [10, 1, 1])
+    prefix = gpt_prefixes[0]
     check_token_ids(prefix, 600, max_tokens=None)  # the real vocabulary passes a full scan
     check_token_ids(prefix, 300, max_tokens=0)  # nothing scanned, nothing found
 

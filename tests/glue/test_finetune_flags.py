@@ -3,6 +3,7 @@ vocabulary of a checkpoint, and one clear error (exit 2) for bad input -- all be
 
 import argparse
 import os
+import sys
 
 import pytest
 
@@ -11,7 +12,9 @@ from megatron_evomoe.bert_arguments import add_bert_args, finetune_config_from_a
 from megatron_evomoe.data.glue.tasks import get_task
 from megatron_evomoe.training import finetune_entry
 from megatron_evomoe.training.model_args import model_flag_names, read_model_args, save_model_args
+from tests.distributed import run_ranks
 from tests.glue.tsv_fixtures import write_task
+from tests.training.checkpoint_ranks import train
 
 
 @pytest.fixture
@@ -75,3 +78,33 @@ def test_bad_tsv_is_one_error_line_and_exit_2(checkpoint, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: ") and "train.tsv:3: label 'maybe'" in err
+
+
+def _main_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        finetune_entry.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_missing_empty_or_gpt_checkpoint_is_named(tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    assert _main_error(_argv(missing, str(tmp_path)), capsys) == (
+        f"error: --pretrained-checkpoint {missing}: no such checkpoint directory\n"
+    )
+    assert _main_error(["--task", "RTE", "--data-dir", str(tmp_path), "--load", str(tmp_path)], capsys) == (
+        f"error: --load {tmp_path} holds no checkpoint (latest_checkpointed_iteration.txt is missing)\n"
+    )
+    gpt = str(tmp_path / "gpt")
+    run_ranks(train, 1, ["--save", gpt, "--train-iters", "1", "--eval-interval", "100"])  # pretrain_gpt_moe.py's kind
+    assert _main_error(_argv(gpt, str(tmp_path)), capsys) == (
+        f"error: --pretrained-checkpoint {gpt} is not a BERT checkpoint ({gpt}/iter_0000001 has no masked-LM head; "
+        "a GPT checkpoint?): fine-tune from a pretrain_bert_moe.py or finetune_glue.py --save directory\n"
+    )
+
+
+def test_unknown_task_is_one_line_with_a_hint(tmp_path, capsys):
+    sys.argv[0] = "finetune_glue.py"
+    err = _main_error(["--task", "MRPCX", "--data-dir", str(tmp_path)], capsys)
+    assert err.count("\n") == 1 and err.startswith("finetune_glue.py: error: argument --task: invalid choice: 'MRPCX'")
+    assert err.endswith("(see finetune_glue.py --help)\n")

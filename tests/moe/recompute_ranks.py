@@ -40,7 +40,11 @@ def _layer(mode: str, flags: list[str]):
 def one_layer_step(mode: str, layer, seed: int):
     """Two micro-batches through ``layer`` as a pipeline schedule runs them (forward, forward,
     backward, backward; recordings must be replayed first-in first-out); returns (saved bytes of the
-    first micro-batch, exchange calls during the backward passes, grads)."""
+    first micro-batch, exchange calls during the backward passes (plus ``router`` / ``experts``:
+    how often those modules ran again in backward), grads)."""
+    runs = {"router": 0, "experts": 0}
+    for name in runs:
+        getattr(layer, name).register_forward_hook(lambda *_, name=name: runs.__setitem__(name, runs[name] + 1))
     rank = int(os.environ.get("RANK", "0"))
     gen = torch.Generator().manual_seed(seed + rank)
     hiddens = [torch.randn(16, 2, layer.config.hidden_size, generator=gen).requires_grad_() for _ in range(2)]
@@ -58,10 +62,11 @@ def one_layer_step(mode: str, layer, seed: int):
             # Replayed all-to-all results are activation memory too (held outside autograd).
             saved = meter.saved_bytes + (replay.recorded_bytes() if replay is not None else 0)
     log = layer.dispatcher.comm_log
-    before = dict(log.calls)
+    before, runs_before = dict(log.calls), dict(runs)
     for output, upstream in zip(outputs, upstreams):
         output.backward(upstream)
     during_backward = {kind: (log.calls[kind] - before.get(kind, 0)) // 2 for kind in log.calls}
+    during_backward.update({name: (runs[name] - runs_before[name]) // 2 for name in runs})
     grads = [h.grad for h in hiddens] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
     assert replay is None or len(replay) == 0  # every recording was consumed
     return saved, during_backward, grads

@@ -2,12 +2,16 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from megatron_evomoe.moe.balance import count_weighted_balance_loss, evomoe_balance_loss
+from megatron_evomoe.moe.balance import evomoe_balance_loss
 from megatron_evomoe.moe.router import RoutingState
+from megatron_evomoe.moe.routers import dts
 from megatron_evomoe.moe.routers.dts import DTSRouter, dts_gate, gumbel_noise
+from tests.distributed import run_ranks
+from tests.moe.routers.router_ranks import dts_losses_under_sequence_parallel, dts_split_inputs
 from tests.tiny import tiny_run
 
 
@@ -96,27 +100,39 @@ def test_eq10_against_a_hand_computation():
     assert evomoe_balance_loss(gate, kept, alpha).item() == pytest.approx(hand)
 
 
-def test_split_sequence_losses_add_up_to_the_whole():
-    torch.manual_seed(1)
-    gate = torch.softmax(torch.randn(10, 4), dim=-1)
-    kept = gate > 0.2
-    whole = evomoe_balance_loss(gate, kept, 0.1)
-    counts, total = kept.sum(0).float(), 10.0
-    halves = [count_weighted_balance_loss(part.sum(0), counts, total, 0.1) for part in (gate[:6], gate[6:])]
-    assert (halves[0] + halves[1]).item() == pytest.approx(whole.item())
+def _eq10_numpy(logits: np.ndarray, noise: np.ndarray, tau: float, c: float, alpha: float):
+    """EvoMoE eq. 8-10 in float64: g' = softmax((logits + noise) / tau), count_i = tokens with g'_i > c.
+
+    Returns (loss, count per expert)."""
+    z = (logits + noise) / tau
+    g = np.exp(z - z.max(axis=1, keepdims=True))
+    g /= g.sum(axis=1, keepdims=True)
+    batch, experts = g.shape
+    count = (g > c).sum(axis=0)
+    return alpha * experts * float(np.sum(count / batch**2 * g.sum(axis=0))), count
 
 
-def test_router_loss_matches_eq10(router):
+def test_router_loss_matches_eq10(router, monkeypatch):
     router.train()
-    torch.manual_seed(3)
-    hidden = torch.randn(32, 32)
-    state = RoutingState(iteration=5, phase="gate_sparsify", temperature=1.0)
-    router.set_routing_state(state)
-    torch.manual_seed(9)
+    hidden = torch.randn(32, 32, generator=torch.Generator().manual_seed(3))
+    noise = torch.distributions.Gumbel(0.0, 1.0).sample((32, 8))  # known draws, injected
+    monkeypatch.setattr(dts, "gumbel_noise", lambda shape, device, dtype=torch.float32: noise.to(dtype))
+    router.set_routing_state(RoutingState(iteration=5, phase="gate_sparsify", temperature=1.7))
     decision = router(hidden, None)
-    torch.manual_seed(9)
-    noise = gumbel_noise((32, 8), "cpu")
-    gate, _, kept = dts_gate(router.gate_logits(hidden, router.weight), 1.0, 0.001, noise)
-    expected = evomoe_balance_loss(gate, kept, router.options.aux_loss_coeff)
-    assert decision.aux_loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert router.options.aux_loss_coeff == 0.1  # EvoMoE's default alpha
+    logits = hidden.double().numpy() @ router.weight.detach().double().numpy().T
+    expected, _ = _eq10_numpy(logits, noise.double().numpy(), 1.7, 0.001, 0.1)  # alpha 0.1: EvoMoE sec. V-A
+    assert decision.aux_loss.item() == pytest.approx(expected, rel=1e-5)
+    assert decision.logged_losses["balance"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_split_sequence_losses_add_up_to_the_whole():
+    """Two sequence-parallel ranks each route half the tokens; through ``Router.sequence_sum`` their
+    losses add up to eq. 10 of the whole sequence (with local counts they would not)."""
+    hidden, noise, weight = dts_split_inputs()
+    per_rank = run_ranks(dts_losses_under_sequence_parallel, 2)
+    logits = hidden.double().numpy() @ weight.double().numpy().T
+    whole, counts = _eq10_numpy(logits, noise.double().numpy(), 1.3, 0.001, 0.1)
+    assert sum(r["loss"] for r in per_rank) == pytest.approx(whole, rel=1e-5)
+    assert all(0 < r["loss"] < whole for r in per_rank)  # each half carries a part
+    # The counts each rank used are the all-reduced ones of the whole sequence.
+    assert per_rank[0]["counts"] == per_rank[1]["counts"] == counts.tolist()

@@ -55,8 +55,33 @@ def test_checkpoint_refuses_a_segment_whose_discrete_output_changes():
         out.sum().backward()
 
 
-def test_moe_recompute_modes():
-    assert MoERecompute("none")(lambda a: a + 1, 1) == 2
+def test_moe_recompute_modes_run_the_segment_once_or_again_in_backward():
+    """``none`` keeps the segment's internals and never re-runs it; ``moe_aware`` keeps only its
+    inputs and runs it a second time in backward; both give the plain gradients."""
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.randn(8, 16, generator=gen)
+    weight0 = torch.randn(16, 64, generator=gen)
+    results = {}
+    for mode in ("none", "moe_aware"):
+        calls = []
+
+        def segment(x, weight):
+            calls.append(torch.is_grad_enabled())
+            return torch.tanh(x @ weight) @ weight.t()
+
+        x, weight = x0.clone().requires_grad_(), weight0.clone().requires_grad_()
+        with SavedTensorMeter([weight]) as meter:
+            out = MoERecompute(mode)(segment, x, weight)
+        forward_calls = len(calls)
+        out.square().sum().backward()
+        results[mode] = (forward_calls, len(calls), meter.saved_bytes, x.grad, weight.grad)
+    none, aware = results["none"], results["moe_aware"]
+    assert none[:2] == (1, 1)  # run once, nothing in backward
+    assert aware[:2] == (1, 2)  # run again in backward
+    assert aware[2] == 8 * 16 * 4  # only the input x is kept
+    assert none[2] == 8 * 16 * 4 + 8 * 64 * 4  # x and the [8, 64] tanh output (its backward reads it)
+    torch.testing.assert_close(aware[3], none[3], rtol=0, atol=0)
+    torch.testing.assert_close(aware[4], none[4], rtol=0, atol=0)
     with pytest.raises(ValueError, match="--moe-recompute"):
         MoERecompute("sometimes")
 

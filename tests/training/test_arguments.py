@@ -44,3 +44,30 @@ def test_valid_layout_and_batch_arithmetic():
 def test_router_default_coefficients():
     assert _config("--moe-router-type", "dts").model.moe_router.aux_loss_coeff == 0.1
     assert _config("--moe-router-type", "dts", "--moe-aux-loss-coeff", "0.3").model.moe_router.aux_loss_coeff == 0.3
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # Zeros that used to end in a ZeroDivisionError (or megatron's asserts) deep inside.
+        (["--micro-batch-size", "0"], "--micro-batch-size must be >= 1, got 0"),
+        (["--hidden-size", "0"], "--hidden-size must be >= 1, got 0"),
+        (["--num-layers", "0"], "--num-layers must be >= 1, got 0"),
+        (["--num-attention-heads", "0"], "--num-attention-heads must be >= 1, got 0"),
+        (["--min-lr", "0.1"], "--min-lr 0.1 is larger than --lr 0.01"),
+        (["--init-method-std", "-0.02"], "--init-method-std must be >= 0, got -0.02"),
+        # Values that used to be accepted silently.
+        (["--lr-warmup-iters", "-5"], "--lr-warmup-iters must be >= 0, got -5"),
+        (["--clip-grad", "-1"], "--clip-grad must be >= 0, got -1.0"),
+        (["--exit-interval", "-2"], "--exit-interval must be >= 1, got -2"),
+        (["--save", "x", "--save-interval", "0"], "--save-interval must be >= 1, got 0"),
+        (["--save", "x", "--save-interval", "-10"], "--save-interval must be >= 1, got -10"),
+        (["--lr", "0"], r"--lr must be > 0, got 0.0 \(nothing would train\)"),
+        (["--max-skipped-iters", "0"], "--max-skipped-iters must be >= 1"),
+        (["--hidden-size", "30"], "--hidden-size 30 is not divisible by --num-attention-heads 4"),
+        (["--exit-signal-handler"], "--exit-signal-handler needs --save DIR"),
+    ],
+)
+def test_flag_values_that_would_crash_or_do_nothing_are_named(flags, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        _config(*flags)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import resource
 import shutil
 import tempfile
 
@@ -10,9 +12,9 @@ import torch
 
 from megatron_evomoe.training.checkpointing import TRACKER_FILE, CheckpointError, checkpoint_dir, read_tracker
 from tests.distributed import run_ranks
-from megatron_evomoe.training.loop import setup_session
+from megatron_evomoe.training.loop import save, setup_session
 from tests.tiny import tiny_gpt_task, tiny_run
-from tests.training.checkpoint_ranks import load_and_evaluate, train
+from tests.training.checkpoint_ranks import load_and_evaluate, train, train_with_sigterm
 
 
 def _losses(path):
@@ -47,6 +49,20 @@ def test_thirty_straight_equals_twenty_then_resume(tmp_path):
     assert last["consumed_samples"] == 21 * 4
 
 
+def test_sigterm_on_one_rank_stops_all_after_the_same_step_and_the_resume_is_bitwise_equal(tmp_path):
+    flags = ["--train-iters", "10", "--hidden-dropout", "0.1", "--eval-interval", "100"]
+    straight, resumed, ckpt = tmp_path / "a.jsonl", tmp_path / "b.jsonl", str(tmp_path / "ckpt")
+    run_ranks(train, 2, flags + ["--log-json", str(straight)])
+    # DP 2, global batch 4, micro-batch 2: rank 1 reads samples 4s+2 and 4s+3 in step s (0-based).
+    signalled = flags + ["--log-json", str(resumed), "--save", ckpt, "--exit-signal-handler"]
+    stopped_at = run_ranks(train_with_sigterm, 2, signalled, 4 * 5 + 2, timeout=300)
+    assert stopped_at == [6, 6]  # step 5 finished on both ranks, then the save, then a normal return
+    assert read_tracker(ckpt) == 6 and [r["iteration"] for r in _records(resumed)] == list(range(1, 7))
+    run_ranks(train, 2, flags + ["--log-json", str(resumed), "--save", ckpt, "--load", ckpt])
+    assert len(_losses(straight)) == 10
+    assert _losses(resumed) == _losses(straight)  # bitwise, dropout included
+
+
 def test_saved_under_tp2_resumes_under_tp1(tmp_path):
     ckpt, log2 = str(tmp_path / "ckpt"), str(tmp_path / "tp2.jsonl")
     tp2 = ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
@@ -78,12 +94,101 @@ def _load_here(*flags):
     return setup_session(tiny_run(*flags), tiny_gpt_task())
 
 
-def test_corrupt_checkpoint_gives_a_clear_error(saved, tmp_path, megatron_world_of_one):
+def _damage(ckpt, damage):
+    """Damage the checkpoint of iteration 4 as a crash, a full disk or a careless copy would."""
+    directory = checkpoint_dir(ckpt, 4)
+    shard = os.path.join(directory, sorted(f for f in os.listdir(directory) if f.endswith(".distcp"))[0])
+    if damage == "truncated distcp":
+        with open(shard, "r+b") as f:
+            f.truncate(100)
+    elif damage == "zeroed distcp":
+        size = os.path.getsize(shard)
+        with open(shard, "r+b") as f:
+            f.write(bytes(size))
+    elif damage == "missing distcp":
+        os.remove(shard)
+    elif damage == "binary tracker":
+        with open(os.path.join(ckpt, TRACKER_FILE), "wb") as f:
+            f.write(b"\x80\x04\x95\x00")
+    elif damage == "binary run_meta":
+        with open(os.path.join(directory, "run_meta.json"), "wb") as f:
+            f.write(b"\x80\x04\x95\x00")
+    else:  # a missing file
+        os.remove(os.path.join(directory, damage.split()[1]))
+    return shard
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncated distcp", r"{shard} is truncated: 100 bytes, its index \({dir}/\.metadata\) needs \d+"),
+        ("zeroed distcp", r"{shard} is corrupt: the record of \S+ at byte \d+ is not a tensor record"),
+        ("missing distcp", r"checkpoint {dir} is incomplete: {name} is missing"),
+        ("missing .metadata", r"checkpoint {dir} is incomplete: \.metadata is missing"),
+        ("missing common.pt", r"checkpoint {dir} is incomplete: common\.pt is missing"),
+        ("missing metadata.json", r"checkpoint {dir} is incomplete: metadata\.json is missing"),
+        ("binary tracker", r"{ckpt}/latest_checkpointed_iteration\.txt: expected an iteration number, found 4 bytes "
+                           r"of binary data"),
+        ("binary run_meta", r"{dir}/run_meta\.json is corrupt: .*can't decode byte 0x80.*"),
+    ],
+)
+def test_damaged_checkpoint_is_one_line_naming_the_file(saved, tmp_path, megatron_world_of_one, damage, message):
     ckpt = _copy(saved, tmp_path)
-    shard = next(f for f in os.listdir(checkpoint_dir(ckpt, 4)) if f.endswith(".distcp"))
-    with open(os.path.join(checkpoint_dir(ckpt, 4), shard), "r+b") as f:
-        f.truncate(100)
-    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*iter_0000004"):
+    shard = _damage(ckpt, damage)
+    with pytest.raises(CheckpointError) as error:
+        _load_here("--load", ckpt)
+    text = str(error.value)
+    pattern = message.format(shard=re.escape(shard), dir=re.escape(checkpoint_dir(ckpt, 4)), ckpt=re.escape(ckpt),
+                             name=re.escape(os.path.basename(shard)))
+    assert re.fullmatch(pattern, text), text  # the whole message: one line, no traceback
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--moe-ffn-hidden-size", "32"], "saved with --moe-ffn-hidden-size 64, this run has 32"),
+        (["--bf16"], r"saved in fp32 \(neither --bf16 nor --fp16\), this run is bf16 \(--bf16\): its optimizer "
+                     r"state does not fit; use the same precision flag, or take the weights only with --no-load-optim "
+                     r"or --finetune"),
+    ],
+)
+def test_shape_or_precision_mismatch_names_the_flag(saved, megatron_world_of_one, flags, message):
+    root, _ = saved
+    with pytest.raises(CheckpointError, match=message):
+        _load_here("--load", os.path.join(root, "ckpt"), *flags)
+
+
+def test_run_meta_records_every_shape_flag(saved):
+    root, _ = saved
+    meta = json.load(open(os.path.join(checkpoint_dir(os.path.join(root, "ckpt"), 4), "run_meta.json")))
+    # tests/tiny.py: 4 layers, hidden 32, 4 heads, FFN 64, 4 experts (switch), seq 16, fp32.
+    expected = {"num_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "ffn_hidden_size": 64, "num_experts": 4,
+                "moe_ffn_hidden_size": 64, "moe_layer_freq": 2, "moe_router_type": "switch", "padded_vocab_size": 128,
+                "max_position_embeddings": 16, "precision": "fp32"}
+    assert {k: meta.get(k) for k in expected} == expected
+
+
+def test_precision_change_with_weights_only_loads(saved, megatron_world_of_one):
+    root, _ = saved
+    session = _load_here("--load", os.path.join(root, "ckpt"), "--bf16", "--no-load-optim")
+    assert session.state.iteration == 4
+
+
+def test_load_without_a_tracker_starts_from_scratch(tmp_path, megatron_world_of_one, capsys):
+    empty = str(tmp_path / "fresh")
+    assert _load_here("--load", empty).state.iteration == 0  # as in Megatron-LM: README's --save ckpt --load ckpt
+    assert f"no checkpoint in {empty} (latest_checkpointed_iteration.txt is missing): training from scratch" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(CheckpointError, match=f"--finetune: no checkpoint in --load {re.escape(empty)}"):
+        _load_here("--load", empty, "--finetune")
+
+
+def test_checkpoints_without_a_tracker_are_not_overwritten_by_a_fresh_start(saved, tmp_path, megatron_world_of_one):
+    ckpt = _copy(saved, tmp_path)
+    os.remove(os.path.join(ckpt, TRACKER_FILE))
+    with pytest.raises(CheckpointError, match=r"holds checkpoints \(iter_0000002, iter_0000004\) but no "
+                                              r"latest_checkpointed_iteration\.txt"):
         _load_here("--load", ckpt)
 
 
@@ -94,7 +199,7 @@ def test_missing_or_garbled_tracker_and_missing_directory(saved, tmp_path, megat
         read_tracker(ckpt)
     with open(os.path.join(ckpt, TRACKER_FILE), "w") as f:
         f.write("four")
-    with pytest.raises(CheckpointError, match="expected an iteration number"):
+    with pytest.raises(CheckpointError, match="expected an iteration number, found 'four'"):
         read_tracker(ckpt)
     with open(os.path.join(ckpt, TRACKER_FILE), "w") as f:
         f.write("6")
@@ -115,6 +220,26 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(saved, tmp_pat
     shutil.copytree(checkpoint_dir(ckpt, 4), partial)
     os.remove(os.path.join(partial, "common.pt"))
     assert read_tracker(ckpt) == 4
+    assert _load_here("--load", ckpt).state.iteration == 4
+
+
+def test_a_failed_save_of_common_pt_names_the_os_reason_and_keeps_the_previous_checkpoint(
+    saved, tmp_path, megatron_world_of_one
+):
+    ckpt = _copy(saved, tmp_path)
+    session = _load_here("--load", ckpt, "--save", ckpt)
+    session.state.iteration = 6
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # common.pt (~3 kB, torch.save on rank 0) no longer fits; torch reports that without the OS error
+    # ("inline_container.cc ... unexpected pos"), so the reason comes from a probe write.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    try:
+        with pytest.raises(CheckpointError) as error:
+            save(session)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert str(error.value) == f"cannot write checkpoint {checkpoint_dir(ckpt, 6)}: File too large"
+    assert sorted(os.listdir(ckpt)) == sorted([TRACKER_FILE, "iter_0000002", "iter_0000004"])
     assert _load_here("--load", ckpt).state.iteration == 4
 
 

@@ -32,12 +32,7 @@ from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 
 from megatron_evomoe.models.init import set_init_rule
 from megatron_evomoe.moe.auction import balanced_assignment
-from megatron_evomoe.moe.router import Router, RoutingDecision
-
-
-def _orthogonal_small(tensor: torch.Tensor) -> None:
-    """fairseq's BaseLayer init of the expert embeddings: distinct directions, small scores at first."""
-    torch.nn.init.orthogonal_(tensor, gain=0.1)
+from megatron_evomoe.moe.router import Router, RoutingDecision, orthogonal_centroids
 
 
 def assign_over_group(
@@ -74,7 +69,7 @@ class BaseRouter(Router):
             pg_collection = get_default_pg_collection()
         super().__init__(config, pg_collection)
         self.weight = self.new_gate_weight()  # [E, h] expert embeddings w_e
-        set_init_rule(self.weight, _orthogonal_small)
+        set_init_rule(self.weight, orthogonal_centroids)
         # The group whose tokens the dispatchers pool (EP x TP under sequence parallelism).
         self.assignment_group = pg_collection.tp_ep
 

@@ -16,8 +16,12 @@ experts with q_i > 0 are computed (``routing_map = q > 0``) and the combine weig
 Regularisers (as the official implementation adds them, here averaged over tokens):
 
 * entropy: lambda * sum_j H(r_j(x)), H(r) = -sum_i r_i log(r_i + 1e-6), pushes selectors to binary
-  (``--dselectk-entropy-coeff``; the official code uses 1e-6 on a *sum* over the batch, i.e.
-  1e-6 x batch size per example -- 1e-3 matches ~1k-example batches);
+  (``--dselectk-entropy-coeff``). The official code (google-research ``dselect_k_moe``,
+  ``EntropyRegularizer``) adds 1e-6 x the entropy *summed* over the batch to a batch-mean task loss.
+  Here the entropy is averaged over the tokens of the micro-batch (the whole sequence under sequence
+  parallelism), so a coefficient keeps its meaning across micro-batch sizes and parallel layouts;
+  the default, 1e-6 x tokens per micro-batch (:func:`official_entropy_coeff`), is the official
+  objective exactly;
 * when E is not a power of 2, codes >= E are unreachable experts: sum_j 1 / sum_{i<E} r_j(i) keeps
   selectors from putting their mass there (weight 1; it is 1 per selector once they converge).
 
@@ -39,6 +43,15 @@ from megatron_evomoe.moe.router import Router, RoutingDecision
 
 ENTROPY_EPS = 1e-6
 """Inside the log of the entropy (official implementation), so that r = 0 contributes 0."""
+
+OFFICIAL_ENTROPY_REG = 1e-6
+"""The official code's regularisation parameter (``EntropyRegularizer`` default), applied to the
+entropy summed over the examples of a batch."""
+
+
+def official_entropy_coeff(tokens_per_microbatch: int) -> float:
+    """The per-token-mean coefficient equal to the official 1e-6 x sum over a micro-batch."""
+    return OFFICIAL_ENTROPY_REG * tokens_per_microbatch
 
 
 def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -93,6 +106,7 @@ class DSelectKRouter(Router):
     """Per-token DSelect-k gate over E experts with k selectors."""
 
     LOSS_NAMES = ("entropy", "unreachable")
+    FIXED_TOPK = False  # every expert while the bits are soft, <= k once they are binary
 
     @classmethod
     def gate_flops(cls, config, state) -> float:

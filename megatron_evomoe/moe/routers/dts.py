@@ -42,6 +42,8 @@ def dts_gate(logits: torch.Tensor, temperature: float, threshold: float, noise: 
 class DTSRouter(Router):
     """The DTS gate; W_g is (re)initialised by the controller when experts are spawned."""
 
+    FIXED_TOPK = False  # 0..E experts per token while the gate is dense
+
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         self.weight = self.new_gate_weight()

@@ -1,10 +1,11 @@
 """GShard top-2 router (Lepikhin et al. 2020, "GShard", sec. 2.2 and Algorithm 1).
 
 g = softmax(x W^T) in fp32. Each token's best expert e1 and second-best e2 get the weights
-g1 / (g1 + g2) and g2 / (g1 + g2) (normalised over the pair). With ``--gshard-random-routing`` the
-token is sent to e2 only if 2 * g2 / (g1 + g2) > u, u ~ U(0, 1) (Algorithm 1, line 17): a weak second
-choice is mostly skipped, saving capacity; e1 keeps its normalised weight either way. Random
-routing is applied in training only, so evaluation is deterministic.
+g1 / (g1 + g2) and g2 / (g1 + g2) (normalised over the pair). With random routing (the paper's, on by
+default; ``--no-gshard-random-routing`` turns it off) the token is sent to e2 only if
+2 * g2 / (g1 + g2) > u, u ~ U(0, 1) (Algorithm 1, line 17): a weak second choice is mostly skipped,
+saving capacity; e1 keeps its normalised weight either way. Random routing is applied in training
+only, so evaluation is deterministic (both experts).
 
 Aux loss: the paper's (1/E) sum_e (c_e / S) m_e with c_e the number of tokens whose first choice is
 e and m_e the mean gate, scaled by E^2 (see ``balance.gshard_balance_loss``), alpha = 0.01.

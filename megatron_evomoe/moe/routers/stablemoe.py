@@ -18,8 +18,17 @@ evaluates the distilled router once for the whole vocabulary into a persistent t
 expert), saved with every checkpoint; from then on routing is a lookup, so it can never change --
 whatever the optimizer later does to D and E^, which get no gradient. The output is still scaled
 by sigmoid(s_{t,a_t}) from the backbone centroids (eq. 10), which keep training. No aux loss in
-stage 2 (the task loss only). Evaluation uses the routing of the current stage; fine-tuning and
-inference after training use stage 2 (``PhaseController.final_routing_state``).
+stage 2 (the task loss only).
+
+Evaluation in stage 1 routes with the distilled router, argmax_i s^_{t,i}, as the reference
+implementation does (Hunter-DDM/stablemoe, ``BaseLayer.forward``: the distilled affinities are used
+``if is_stage2() or not is_training``): the model is scored with the routing it will be frozen
+with, not greedily on the backbone centroids. Fine-tuning and inference after training use the
+state of the last training step (stage 2 once stage 1 is over).
+
+Initialisation as in the reference: backbone centroids E and distilled centroids E^ orthogonal
+with gain 0.1 (as fairseq's BASE layer), the word embedding D N(0, 1) (``torch.nn.Embedding``'s
+default; the reference leaves it at that).
 """
 
 from __future__ import annotations
@@ -29,9 +38,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from megatron_evomoe.models.init import set_init_rule
 from megatron_evomoe.moe import schedule
 from megatron_evomoe.moe.balance import stablemoe_balance_loss
-from megatron_evomoe.moe.router import Router, RoutingDecision, RoutingState, mark_sequence_parallel
+from megatron_evomoe.moe.router import (
+    Router, RoutingDecision, RoutingState, mark_sequence_parallel, orthogonal_centroids,
+)
 
 UNSET = -1
 
@@ -39,12 +51,13 @@ UNSET = -1
 class DistilledRouter(torch.nn.Module):
     """The lightweight router: word embedding D ``[vocab, d]`` and distilled centroids E^ ``[E, d]``."""
 
-    def __init__(self, vocab_size: int, dim: int, num_experts: int, init_method):
+    def __init__(self, vocab_size: int, dim: int, num_experts: int):
         super().__init__()
         self.embedding = torch.nn.Parameter(torch.empty(vocab_size, dim))
         self.centroids = torch.nn.Parameter(torch.empty(num_experts, dim))
-        init_method(self.embedding.data)
-        init_method(self.centroids.data)
+        for param, rule in ((self.embedding, torch.nn.init.normal_), (self.centroids, orthogonal_centroids)):
+            rule(param.data)
+            set_init_rule(param, rule)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """``[T]`` ids -> ``[T, E]`` fp32 distilled scores s^."""
@@ -75,9 +88,10 @@ class StableMoERouter(Router):
         if config.vocab_size <= 0:
             raise ValueError("stablemoe needs the vocabulary size (ModelConfig.vocab_size)")
         self.weight = self.new_gate_weight()  # [E, h] backbone centroids
-        self.distilled = DistilledRouter(
-            config.vocab_size, self.options.stablemoe_distill_dim, self.num_experts, config.init_method
-        )
+        with torch.no_grad():
+            orthogonal_centroids(self.weight)
+        set_init_rule(self.weight, orthogonal_centroids)
+        self.distilled = DistilledRouter(config.vocab_size, self.options.stablemoe_distill_dim, self.num_experts)
         mark_sequence_parallel(self.distilled, config.sequence_parallel)
         self.register_buffer(
             "frozen_table", torch.full((config.vocab_size,), UNSET, dtype=torch.long), persistent=True
@@ -108,8 +122,11 @@ class StableMoERouter(Router):
         scores = self.gate_logits(hidden, self.weight)  # [T, E] s_{t,i}
         if self.in_stage2:
             expert = self.frozen_table[token_ids]
-        else:
+        elif self.training:
             expert = scores.detach().argmax(dim=-1)
+        else:  # evaluation before the freeze: the distilled router, as it will be frozen
+            with torch.no_grad():
+                expert = self.distilled(token_ids).argmax(dim=-1)
         routing_map = F.one_hot(expert, self.num_experts).bool()  # [T, E]
         gate = torch.sigmoid(scores.gather(1, expert.unsqueeze(1)))  # [T, 1] sigmoid(s_{t,a_t})
         decision = RoutingDecision(probs=gate * routing_map, routing_map=routing_map)

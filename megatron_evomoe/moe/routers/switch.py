@@ -3,9 +3,11 @@
 p(x) = softmax(x W^T), computed in fp32 whatever the model precision ("selective precision",
 sec. 2.4). Each token goes to argmax_i p_i(x) with weight p_i(x), not renormalised (eq. 2).
 Balance loss (eq. 4): alpha * N * sum_i f_i * P_i, with f_i the fraction of tokens whose top-1 is i
-(counted before capacity dropping) and P_i the mean router probability of i; alpha = 0.01. Optional
-multiplicative jitter U(1 - eps, 1 + eps) on the *router input only* during training (sec. 2.4,
-``--moe-input-jitter-eps``; the paper uses 0.01). Capacity (``--moe-expert-capacity-factor``) and
+(counted before capacity dropping) and P_i the mean router probability of i; alpha = 0.01.
+Multiplicative jitter U(1 - eps, 1 + eps) on the *router input only* during training, eps = 0.01 by
+default (``--moe-input-jitter-eps``; 0 turns it off): in the paper's study of exploration strategies
+(appendix "Encouraging exploration across experts", Table 11: argmax, sampling, input dropout, input
+jitter) jitter gave the best quality, and the authors' Mesh TensorFlow router uses eps = 1e-2. Capacity (``--moe-expert-capacity-factor``) and
 token dropping are applied by the MoE layer with k = 1; dropped tokens pass through the residual.
 """
 
@@ -17,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from megatron_evomoe.moe.router import Router, RoutingDecision
+
+SWITCH_JITTER_EPS = 1e-2
+"""Default eps of the router-input jitter: input jitter was the best exploration strategy in Switch
+Transformers' Table 11; 1e-2 is the authors' Mesh TensorFlow default (``switch_jitter``)."""
 
 
 def top1_routing(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

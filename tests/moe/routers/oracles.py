@@ -1,7 +1,9 @@
-"""Shared pieces of the gate tests: a router with known weights and a float64 softmax oracle."""
+"""Shared pieces of the gate tests: a router with known weights, a float64 softmax oracle and the
+balanced-assignment optimum."""
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from tests.tiny import tiny_run
 
@@ -22,3 +24,12 @@ def softmax64(hidden: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
     logits = hidden.double().numpy() @ weight.double().numpy().T
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def optimum(scores: torch.Tensor) -> float:
+    """Best total score with at most ceil(T/E) tokens per expert (scipy's linear_sum_assignment with
+    each expert as ceil(T/E) slots): the oracle of balanced assignments."""
+    num_tokens, num_experts = scores.shape
+    slots = np.repeat(scores.double().numpy(), -(-num_tokens // num_experts), axis=1)  # [T, E*C]
+    rows, cols = linear_sum_assignment(slots, maximize=True)
+    return float(slots[rows, cols].sum())

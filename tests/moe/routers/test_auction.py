@@ -1,19 +1,10 @@
 """The BASE auction: exact balance, and optimality against scipy's linear_sum_assignment (oracle)."""
 
-import numpy as np
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from megatron_evomoe.moe.auction import assignment_score, balanced_assignment
-
-
-def optimum(scores: torch.Tensor) -> float:
-    """Best total score with at most ceil(T/E) tokens per expert: each expert as ceil(T/E) slots."""
-    num_tokens, num_experts = scores.shape
-    slots = np.repeat(scores.double().numpy(), -(-num_tokens // num_experts), axis=1)  # [T, E*C]
-    rows, cols = linear_sum_assignment(slots, maximize=True)
-    return float(slots[rows, cols].sum())
+from tests.moe.routers.oracles import optimum
 
 
 @pytest.mark.parametrize("num_tokens,num_experts", [(64, 4), (96, 8), (200, 5), (512, 16)])

@@ -2,16 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from megatron_evomoe.moe.routers.dselectk import (
-    DSelectKRouter,
-    binary_codes,
-    dselect_weights,
-    selector_outputs,
-    smooth_step,
-)
+from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.moe.routers.dselectk import DSelectKRouter, binary_codes, selector_outputs, smooth_step
 from tests.tiny import tiny_run
 
 
@@ -57,19 +53,40 @@ def test_binary_selectors_use_at_most_k_experts_with_weights_summing_to_one(mega
     assert decision.logged_losses["entropy"].item() == pytest.approx(0.0, abs=1e-8)  # binary: no entropy
 
 
+def _dselect_numpy(x, z_weight, z_bias, a_weight, a_bias, k, num_experts, gamma):
+    """The paper's gate from the parameters alone, in float64: bits S(z), selectors r, weights q."""
+    m = int(np.ceil(np.log2(num_experts)))
+    z = (x @ z_weight.T + z_bias).reshape(len(x), k, m)
+    t = np.clip(z, -gamma / 2, gamma / 2)
+    bits = -2 * t**3 / gamma**3 + 3 * t / (2 * gamma) + 0.5  # S(z): exactly 0 / 1 outside the cubic region
+    codes = np.array([[int(b) for b in np.binary_repr(i, width=m)] for i in range(num_experts)])  # MSB first
+    r = np.prod(np.where(codes[None, None] == 1, bits[:, :, None, :], 1 - bits[:, :, None, :]), axis=-1)
+    alpha = x @ a_weight.T + a_bias
+    mix = np.exp(alpha - alpha.max(1, keepdims=True))
+    mix /= mix.sum(1, keepdims=True)
+    return (mix[:, :, None] * r).sum(1), r
+
+
 def test_entropy_regulariser_by_hand(megatron_world_of_one):
     router = _router("--dselectk-entropy-coeff", "0.01")
     with torch.no_grad():
         router.z_weight.normal_(0.0, 0.05)
     hidden = torch.randn(16, 32)
     decision = router(hidden, None)
-    z = (hidden @ router.z_weight.detach().t() + router.z_bias.detach()).view(16, 2, 2)
-    r = selector_outputs(z, binary_codes(4), 1.0)  # [T, k, E]
-    entropy = -(r * torch.log(r + 1e-6)).sum() / 16
-    assert decision.logged_losses["entropy"].item() == pytest.approx(0.01 * entropy.item(), rel=1e-5)
-    weights, _ = dselect_weights(z, hidden @ router.selector_weight.detach().t() + router.selector_bias.detach(),
-                                 binary_codes(4), 1.0)
-    assert torch.allclose(decision.probs, weights, atol=1e-6)
+    params = [p.detach().double().numpy() for p in
+              (router.z_weight, router.z_bias, router.selector_weight, router.selector_bias)]
+    q, r = _dselect_numpy(hidden.double().numpy(), *params, k=2, num_experts=4, gamma=1.0)
+    entropy = -(r * np.log(r + 1e-6)).sum() / 16  # per token, summed over the k selectors
+    assert decision.logged_losses["entropy"].item() == pytest.approx(0.01 * entropy, rel=1e-5)
+    np.testing.assert_allclose(decision.probs.detach().numpy(), q, atol=1e-6)
+
+
+def test_entropy_default_is_the_official_scale():
+    """google-research dselect_k_moe: EntropyRegularizer(schedule_fn=lambda x: 1e-6) times the entropy
+    *summed* over the batch. Here a per-token mean: 1e-6 x tokens per micro-batch (2 x 16)."""
+    config = build_run_config(parse_args(["--num-experts", "4", "--moe-router-type", "dselectk",
+                                          "--micro-batch-size", "2", "--seq-length", "16"]), 128, 1)
+    assert config.model.moe_router.dselectk_entropy_coeff == pytest.approx(1e-6 * 2 * 16)
 
 
 def test_experts_not_a_power_of_two_penalise_unreachable_codes(megatron_world_of_one):

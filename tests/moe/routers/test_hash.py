@@ -53,14 +53,35 @@ def test_balanced_hash_spreads_frequent_tokens():
     assert receivers.sum() > 1 and distinct.min() >= distinct[receivers].max() - 1
 
 
+def greedy_table_by_hand(counts: list, num_experts: int) -> list:
+    """The documented rule written out plainly: most frequent token first (ties: lower id) to the
+    expert with the least load (ties: fewer tokens, then lower index); unseen tokens one by one to
+    the expert with the fewest tokens (ties: lower index)."""
+    load, size, table = [0] * num_experts, [0] * num_experts, [None] * len(counts)
+    for token in sorted(range(len(counts)), key=lambda t: (-counts[t], t)):
+        if counts[token] <= 0:
+            continue
+        expert = min(range(num_experts), key=lambda e: (load[e], size[e], e))
+        table[token] = expert
+        load[expert] += counts[token]
+        size[expert] += 1
+    for token in range(len(counts)):
+        if counts[token] <= 0:
+            expert = min(range(num_experts), key=lambda e: (size[e], e))
+            table[token] = expert
+            size[expert] += 1
+    return table
+
+
 def test_balanced_router_is_built_from_counts_and_restored_from_its_state(megatron_world_of_one):
     router = _router("--hash-type", "balanced")
     assert router.NEEDS_TOKEN_COUNTS and not router.is_prepared()
     with pytest.raises(RuntimeError, match="never built"):
         router(torch.randn(4, 32), torch.tensor([1, 2, 3, 4]))
     counts = torch.randint(0, 100, (VOCAB,), generator=torch.Generator().manual_seed(1))
+    counts[::7] = 0  # some tokens never seen
     router.prepare_from_data(counts)
-    assert router.is_prepared() and torch.equal(router.table, balanced_hash_table(counts, 4))
+    assert router.is_prepared() and router.table.tolist() == greedy_table_by_hand(counts.tolist(), 4)
     assert "table" in router.state_dict()  # a persistent buffer: part of every checkpoint
     resumed = _router("--hash-type", "balanced")
     resumed.load_state_dict(router.state_dict())

@@ -100,3 +100,35 @@ def test_frozen_table_travels_with_the_state_dict(megatron_world_of_one):
     resumed.distilled.embedding.data.normal_()
     resumed.set_routing_state(STAGE2)
     assert torch.equal(resumed.frozen_table, router.frozen_table)
+
+
+def test_evaluation_before_the_freeze_routes_with_the_distilled_router(megatron_world_of_one):
+    """Reference (Hunter-DDM/stablemoe, BaseLayer.forward): not training -> distilled affinities."""
+    router = _router()
+    hidden, ids = _batch(5)
+    router.eval()
+    decision = router(hidden, ids)
+    distilled = router.distilled.embedding.detach()[ids].double() @ router.distilled.centroids.detach().double().t()
+    assert decision.routing_map.float().argmax(1).tolist() == distilled.argmax(1).tolist()
+    greedy = (hidden.double() @ router.weight.detach().double().t()).argmax(1)
+    assert decision.routing_map.float().argmax(1).tolist() != greedy.tolist()  # not the backbone's choice
+    s = (hidden.double() @ router.weight.detach().double().t()).numpy()
+    chosen = distilled.argmax(1).numpy()
+    gate = 1 / (1 + np.exp(-s[np.arange(64), chosen]))  # still scaled by the backbone centroids
+    np.testing.assert_allclose(decision.probs.detach().numpy()[np.arange(64), chosen], gate, rtol=1e-5)
+    assert not router.is_frozen()  # evaluating does not freeze
+
+
+def test_initialisation_is_the_reference_one(megatron_world_of_one):
+    """Backbone and distilled centroids: orthogonal, gain 0.1 (rows of norm 0.1, mutually orthogonal);
+    word embedding: torch.nn.Embedding's N(0, 1). Also after the model's layout-independent init."""
+    from megatron_evomoe.models.gpt import build_gpt_model
+    from megatron_evomoe.moe.evolution import moe_layers
+
+    model = build_gpt_model(tiny_run("--moe-router-type", "stablemoe").model)
+    for router in (StableMoERouter(tiny_run("--moe-router-type", "stablemoe").model), moe_layers([model])[0].router):
+        for centroids in (router.weight.detach(), router.distilled.centroids.detach()):
+            gram = centroids.double() @ centroids.double().t()
+            np.testing.assert_allclose(gram.numpy(), 0.01 * np.eye(4), atol=1e-6)
+        embedding = router.distilled.embedding.detach()
+        assert embedding.std().item() == pytest.approx(1.0, abs=0.05) and abs(embedding.mean().item()) < 0.05
