@@ -258,6 +258,27 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--finetune", action="store_true", help="load model weights only, start at iteration 0")
     e.add_argument("--no-load-optim", action="store_true")
     e.add_argument("--no-load-rng", action="store_true")
+    e.add_argument(
+        "--ckpt-step", type=int, default=None,
+        help="load the checkpoint of this iteration from --load instead of the latest (rollback)",
+    )
+    e.add_argument(
+        "--save-retain", type=int, default=None, metavar="N",
+        help="keep only the newest N checkpoints in --save (never the one loaded); default: keep all",
+    )
+    e.add_argument(
+        "--allow-nonfinite-load", action="store_true",
+        help="load a checkpoint whose weights or optimizer state hold NaN/inf (warns) instead of refusing",
+    )
+    e.add_argument(
+        "--override-opt_param-scheduler", action="store_true",
+        help="on resume, take --lr, --min-lr, warm-up, decay iterations and style from the flags "
+        "instead of the checkpoint (the schedule position still comes from the checkpoint)",
+    )
+    e.add_argument(
+        "--use-checkpoint-opt_param-scheduler", action="store_true",
+        help="on resume, keep the checkpoint's LR schedule and ignore the flags that differ",
+    )
     e.add_argument("--log-interval", type=int, default=10)
     e.add_argument("--tensorboard-dir", default=None)
     e.add_argument("--log-json", default=None, help="append one JSON object per logged iteration")
@@ -395,6 +416,7 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
     _check(args.log_routing_probe >= 0, "--log-routing-probe must be >= 0")
     if args.save_interval is not None:
         _check(args.save is not None, "--save-interval needs --save DIR")
+    _validate_checkpoint_flags(args)
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
     _check(
@@ -407,6 +429,19 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
              and compat.transformer_engine_available()),
         "--reset-attention-mask needs the local attention (SDPA); Transformer Engine's causal attention "
         "here takes no per-document mask",
+    )
+
+
+def _validate_checkpoint_flags(args: argparse.Namespace) -> None:
+    if args.save_retain is not None:
+        _check(args.save is not None, "--save-retain needs --save DIR")
+        _check(args.save_retain >= 1, f"--save-retain must be >= 1, got {args.save_retain}")
+    if args.ckpt_step is not None:
+        _check(args.load is not None, "--ckpt-step needs --load DIR")
+        _check(args.ckpt_step >= 0, f"--ckpt-step must be >= 0, got {args.ckpt_step}")
+    _check(
+        not (args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler),
+        "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler are mutually exclusive",
     )
 
 
@@ -621,6 +656,9 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         finetune=args.finetune,
         no_load_optim=args.no_load_optim,
         no_load_rng=args.no_load_rng,
+        ckpt_step=args.ckpt_step,
+        save_retain=args.save_retain,
+        allow_nonfinite_load=args.allow_nonfinite_load,
         tensorboard_dir=args.tensorboard_dir,
         log_json=args.log_json,
         log_routing_probe=args.log_routing_probe,
@@ -637,6 +675,8 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
             warmup_iters=args.lr_warmup_iters,
             decay_iters=args.lr_decay_iters,
             weight_decay=args.weight_decay,
+            override_opt_param_scheduler=args.override_opt_param_scheduler,
+            use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         ),
     )
     return RunConfig(model, optimizer, ddp, training, layout, world_size, args)

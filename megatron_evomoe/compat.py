@@ -242,20 +242,30 @@ def _tensor_cuda_is_identity() -> Iterator[None]:
         torch.Tensor.cuda = original
 
 
-def _patch_embedding_tie() -> None:
-    """The first/last-stage embedding tie moves the weight with ``.cuda()`` before its all-reduce."""
-    from megatron.core.models.common.language_module.language_module import LanguageModule
-
-    original = LanguageModule.setup_embeddings_and_output_layer
+def _keep_cuda_calls_on_cpu(owner: Any, name: str) -> None:
+    """Run ``owner.name`` with ``tensor.cuda()`` returning the tensor itself."""
+    original = getattr(owner, name)
     if getattr(original, "_evomoe_cpu", False):
         return
 
-    def setup_embeddings_and_output_layer(self, *args, **kwargs):
+    @functools.wraps(original)
+    def on_cpu(*args, **kwargs):
         with _tensor_cuda_is_identity():
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
 
-    setup_embeddings_and_output_layer._evomoe_cpu = True
-    LanguageModule.setup_embeddings_and_output_layer = setup_embeddings_and_output_layer
+    on_cpu._evomoe_cpu = True
+    setattr(owner, name, on_cpu)
+
+
+def _patch_cuda_moves() -> None:
+    """Methods that move a tensor with ``.cuda()`` before a collective."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    # The first/last-stage embedding tie, before its all-reduce.
+    _keep_cuda_calls_on_cpu(LanguageModule, "setup_embeddings_and_output_layer")
+    # The distributed optimizer's gather of its shards (checkpoints in the fully_reshardable format).
+    _keep_cuda_calls_on_cpu(DistributedOptimizer, "get_parameter_state_dp_zero")
 
 
 def _patch_cpu_rng() -> None:
@@ -337,6 +347,29 @@ def _patch_aux_loss_scale(scaler) -> None:
     scaler.set_loss_scale = staticmethod(set_loss_scale)
 
 
+def _patch_distributed_optimizer_step() -> None:
+    """Without TE/apex, torch's Adam keeps ``step`` in each parameter's state, and the distributed
+    optimizer's checkpoint loaders copy every key of that state from the checkpoint's tensors, which
+    never hold ``step`` (KeyError). The step is restored separately; leave it in place."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(original, "_evomoe_fixed", False):
+        return
+
+    def set_states(self, model_param, tensors):
+        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            step = self.optimizer.state[main_param].get("step")
+            if step is not None:
+                tensors = {**tensors, "step": step}
+        return original(self, model_param, tensors)
+
+    set_states._evomoe_fixed = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+
+
 def apply_megatron_fixes() -> None:
     """Fix megatron-core 0.16.1 bugs that hit any machine without Transformer Engine, and keep its
     checkpoint writer from leaving processes behind (any machine)."""
@@ -352,6 +385,7 @@ def apply_megatron_fixes() -> None:
         # is_te_min_version compares None with a Version when TE is absent.
         bert_model.is_te_min_version = lambda *args, **kwargs: False
     _patch_aux_loss_scale(moe_utils.MoEAuxLossAutoScaler)
+    _patch_distributed_optimizer_step()
     _patch_checkpoint_writer_processes()
     bert_lm_head = importlib.import_module("megatron.core.models.bert.bert_lm_head")
     if not bert_lm_head.HAVE_FUSED_LAYER_NORM:
@@ -390,7 +424,7 @@ def apply_cpu_adaptations() -> None:
     for name in ("megatron.core.optimizer.optimizer", "megatron.core.optimizer.clip_grads"):
         importlib.import_module(name).clip_grad_by_total_norm_fp32 = _cpu_clip_grad_by_total_norm_fp32
     _patch_checkpoint_writer()
-    _patch_embedding_tie()
+    _patch_cuda_moves()
     _keep_freed_cpu_memory()
     _STATE["cpu_applied"] = True
 

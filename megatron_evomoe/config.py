@@ -140,6 +140,10 @@ class LRScheduleConfig:
     decay_iters: Optional[int] = None
     """Iterations to decay over (default: train_iters)."""
     weight_decay: float = 0.01
+    override_opt_param_scheduler: bool = False
+    """On resume, take the schedule from these values, not the checkpoint (Megatron-LM's flag)."""
+    use_checkpoint_opt_param_scheduler: bool = False
+    """On resume, keep the checkpoint's schedule. With neither flag, a difference is an error."""
 
 
 @dataclass
@@ -162,13 +166,19 @@ class TrainingConfig:
     """Load only the model weights from --load and start at iteration 0."""
     no_load_optim: bool = False
     no_load_rng: bool = False
+    ckpt_step: Optional[int] = None
+    """Load this iteration from ``load`` instead of the tracker's (Megatron-LM's --ckpt-step)."""
+    save_retain: Optional[int] = None
+    """Keep only the newest N checkpoints in ``save`` (None: all)."""
+    allow_nonfinite_load: bool = False
+    """Load a checkpoint holding NaN/inf with a warning instead of refusing it."""
     tensorboard_dir: Optional[str] = None
     log_json: Optional[str] = None
     log_routing_probe: int = 0
     """Validation tokens whose per-layer expert is logged at each log interval (0: off)."""
     seed: int = 1234
     max_skipped_iters: int = 10
-    """Consecutive non-finite iterations after which training stops (with a checkpoint)."""
+    """Consecutive non-finite iterations after which training stops with an error (checkpoint_keeper.py)."""
     exit_interval: Optional[int] = None
     """Stop (after saving) when the iteration is a multiple of this."""
     exit_signal_handler: bool = False

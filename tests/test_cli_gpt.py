@@ -114,3 +114,18 @@ def test_compare_routers_paper_protocol_end_to_end(data, tmp_path):
         assert sum(s["mean"] for s in shares.values()) == pytest.approx(1.0)
         assert shares["top1"]["mean"] > 0.8  # 18 of 20 steps
     assert "Δ val PPL vs switch at equal FLOPs" in result.stdout and "top1 FLOPs %" in result.stdout
+
+
+def test_a_run_that_diverges_exits_non_zero_naming_the_last_good_checkpoint(data):
+    ckpt = data / "diverged"
+    flags = [*_flags(data), "--train-iters", "4", "--eval-interval", "100", "--save", str(ckpt),
+             "--save-interval", "1"]
+    result = _run("pretrain_gpt_moe.py", *flags, "--lr", "1e9", check=False)
+    assert result.returncode == 3
+    # Step 1 applies a 1e9-sized update: finite weights (iter_1) that give NaN on every later forward.
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 3 consecutive iterations had a non-finite loss or gradient norm (iterations 2-4); stopping. "
+        f"There is no good checkpoint in {ckpt}. The state at the stop is in {ckpt}/iter_0000004.nonfinite. "
+        f"Checkpoints from the start of the streak were renamed: {ckpt}/iter_0000001.nonfinite."
+    )
+    assert sorted(os.listdir(ckpt)) == [f"iter_000000{i}.nonfinite" for i in range(1, 5)]

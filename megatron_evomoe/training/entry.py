@@ -43,7 +43,7 @@ def configure(
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
     )
-    saved = checkpoint_padded_vocab(args.load) if args.load else None
+    saved = checkpoint_padded_vocab(args.load, args.ckpt_step) if args.load else None
     if saved is not None and saved != vocab and saved >= tokenizer.vocab_size:
         # The padding depends on the TP size: resuming under another TP size keeps the
         # checkpoint's embedding shape (when this TP size divides it) instead of failing to load.
@@ -56,10 +56,11 @@ def configure(
     return build_run_config(args, vocab), tokenizer
 
 
-def checkpoint_padded_vocab(root: str) -> Optional[int]:
-    """The padded vocabulary size recorded in the newest checkpoint under ``root`` (None if unknown)."""
+def checkpoint_padded_vocab(root: str, iteration: Optional[int] = None) -> Optional[int]:
+    """The padded vocabulary size recorded in the checkpoint to load (``--ckpt-step`` or the newest)."""
     try:
-        meta_path = os.path.join(checkpoint_dir(root, read_tracker(root)), META_FILE)
+        iteration = read_tracker(root) if iteration is None else iteration
+        meta_path = os.path.join(checkpoint_dir(root, iteration), META_FILE)
         return int(json.load(open(meta_path))["padded_vocab_size"])
     except (CheckpointError, OSError, ValueError, KeyError, TypeError):
         return None

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -30,12 +30,14 @@ from megatron_evomoe.moe.router import RoutingState
 from megatron_evomoe.moe.schedule import EXPERT_DIVERSIFY
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
+from megatron_evomoe.training.checkpoint_keeper import CheckpointKeeper
 from megatron_evomoe.training.checkpointing import TrainState
 from megatron_evomoe.training.collectives import sum_over_world
 from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_handler
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
+from megatron_evomoe.training.megatron_lm_args import megatron_lm_common
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
 from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_probe import build_routing_probe
@@ -43,7 +45,7 @@ from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_r
 
 
 class TrainingStopped(RuntimeError):
-    """Training cannot continue (e.g. too many non-finite steps); a checkpoint was saved if possible."""
+    """Training cannot continue (non-finite steps or state); the message names the last good checkpoint."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ class TrainingSession:
     scheduler: LRScheduler
     controller: PhaseController
     state: TrainState
+    keeper: CheckpointKeeper = field(default_factory=lambda: CheckpointKeeper(None))
 
 
 # ---------------------------------------------------------------------------------- model setup
@@ -113,7 +116,9 @@ def setup_session(run: RunConfig, task: Task) -> TrainingSession:
         if training.finetune:
             raise checkpointing.CheckpointError(f"--finetune: no checkpoint in --load {training.load}")
         print_rank0(f"no checkpoint in {training.load} ({checkpointing.TRACKER_FILE} is missing): training from scratch")
-    return TrainingSession(run, model, optimizer, scheduler, controller, state)
+    loaded_here = training.load and training.save and os.path.realpath(training.load) == os.path.realpath(training.save)
+    keeper = CheckpointKeeper(training.save, training.save_retain, state.iteration if loaded_here else None)
+    return TrainingSession(run, model, optimizer, scheduler, controller, state, keeper)
 
 
 def run_meta(run: RunConfig) -> dict:
@@ -144,6 +149,8 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         # The optimizer's state differs between fp32 and bf16/fp16 (master weights): compared when loaded.
         meta_keys=list(architecture_meta(run.model)) + ["bert_binary_head"]
         + ([] if (finetune or training.no_load_optim) else ["precision"]),
+        iteration=training.ckpt_step,
+        allow_nonfinite=training.allow_nonfinite_load,
     )
     if finetune or training.no_load_optim:
         # The optimizer was built from the initial weights: its fp32 master copies (bf16/fp16) must
@@ -169,19 +176,59 @@ def checkpoint_routing_state(root: str) -> Optional[RoutingState]:
 
 
 def save(session: TrainingSession) -> None:
-    """Checkpoint the session into ``--save``, with the routing state its last step trained with."""
+    """Checkpoint the session into ``--save``: as the latest one only if it is good (checkpoint_keeper.py).
+
+    Raises TrainingStopped when the weights or optimizer state are non-finite.
+    """
+    outcome = _save(session)
+    if outcome.nonfinite_tensor is not None and session.keeper.streak_start is None:
+        raise TrainingStopped(
+            f"non-finite values in {outcome.nonfinite_tensor} at iteration {session.state.iteration}; "
+            f"stopping (state saved to {outcome.path} for inspection). {session.keeper.last_good_message()}"
+        )
+
+
+def _save(session: TrainingSession):
     meta = run_meta(session.run)
     if session.controller.applied_state is not None:
         meta["routing_state"] = asdict(session.controller.applied_state)
-    path = checkpointing.save_checkpoint(
-        session.run.training.save,
-        session.state,
-        session.model,
-        session.optimizer,
-        session.scheduler,
-        run_meta=meta,
+
+    def write(latest: bool) -> str:
+        return checkpointing.save_checkpoint(
+            session.run.training.save,
+            session.state,
+            session.model,
+            session.optimizer,
+            session.scheduler,
+            run_meta=meta,
+            common=megatron_lm_common(session.run, session.state),
+            latest=latest,
+        )
+
+    outcome = session.keeper.save(session.state.iteration, write, session.model, session.optimizer)
+    why = "" if outcome.good else (
+        f" (not made latest: non-finite {outcome.nonfinite_tensor})" if outcome.nonfinite_tensor
+        else " (not made latest: inside a non-finite streak)"
     )
-    print_rank0(f"saved checkpoint {path}")
+    print_rank0(f"saved checkpoint {outcome.path}{why}")
+    return outcome
+
+
+def stop_for_nonfinite_steps(session: TrainingSession, consecutive_skips: int) -> TrainingStopped:
+    """Save the state for inspection, un-make checkpoints from the streak on, and say what is left."""
+    iteration = session.state.iteration
+    saved = ""
+    if session.run.training.save:
+        saved = f" The state at the stop is in {_save(session).path}."
+    demoted = session.keeper.demote_streak()
+    if demoted:
+        saved += f" Checkpoints from the start of the streak were renamed: {', '.join(demoted)}."
+    first = iteration - consecutive_skips + 1
+    span = f"iteration {first}" if first == iteration else f"iterations {first}-{iteration}"
+    return TrainingStopped(
+        f"{consecutive_skips} consecutive iterations had a non-finite loss or gradient norm ({span}); "
+        f"stopping. {session.keeper.last_good_message()}{saved}"
+    )
 
 
 # -------------------------------------------------------------------------------------- a step
@@ -459,15 +506,12 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
         state.floating_point_operations += flops
         consecutive_skips = 0 if applied else consecutive_skips + 1
         state.skipped_iters += 0 if applied else 1
+        session.keeper.observe_step(iteration, applied)
         interval.add(means, routing, training.global_batch_size * training.seq_length, applied, flops, step_state.phase)
-        if consecutive_skips >= training.max_skipped_iters:
-            if training.save:
-                save(session)
-            raise TrainingStopped(
-                f"{consecutive_skips} consecutive iterations had a non-finite loss or gradient norm "
-                f"(last at iteration {state.iteration}); stopping"
-                + (f" after saving a checkpoint to {training.save}" if training.save else "")
-            )
+        if consecutive_skips >= training.max_skipped_iters or (
+            consecutive_skips and state.iteration == training.train_iters
+        ):
+            raise stop_for_nonfinite_steps(session, consecutive_skips)
         record = None
         if state.iteration % training.log_interval == 0 or state.iteration == training.train_iters:
             now = time.time()
@@ -509,5 +553,6 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
             reason = f"{stop_signal.name} received (--exit-signal-handler)" if signalled else "--exit-interval"
             print_rank0(f"exiting at iteration {state.iteration}: {reason}")
             break
+    session.keeper.finish()
     writer.close()
     return session

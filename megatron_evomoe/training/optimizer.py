@@ -60,17 +60,37 @@ def optimizer_step(optimizer, clip_grad: float) -> StepOutcome:
     return StepOutcome(True, grad_norm)
 
 
+class ScheduleMismatch(ValueError):
+    """A resumed run's LR schedule flags differ from the checkpoint's."""
+
+
 class LRScheduler(OptimizerParamScheduler):
     """megatron's OptimizerParamScheduler (counted in iterations) plus polynomial decay.
 
     ``polynomial`` is fairseq's ``polynomial_decay`` used by the EvoMoE paper:
     lr = (max_lr - min_lr) * (1 - progress) ** power + min_lr after linear warm-up.
+
+    On resume, as in Megatron-LM: a schedule value that differs from the checkpoint's is an error,
+    unless ``--override-opt_param-scheduler`` (take the flags) or
+    ``--use-checkpoint-opt_param-scheduler`` (keep the checkpoint's). The position in the schedule
+    always comes from the checkpoint.
     """
 
     def __init__(self, optimizer, schedule: LRScheduleConfig, train_iters: int):
         decay_iters = schedule.decay_iters or train_iters
         self.polynomial_power = schedule.decay_power
         self.requested_style = schedule.decay_style
+        self._flags = {
+            "learning rate": "--lr",
+            "minimum learning rate": "--min-lr",
+            "warmup iterations": "--lr-warmup-iters",
+            "total number of iterations": "--lr-decay-iters" if schedule.decay_iters else "--train-iters",
+            "learning rate decay style": "--lr-decay-style",
+            "polynomial decay power": "--lr-decay-power",
+            "start weight decay": "--weight-decay",
+            "end weight decay": "--weight-decay",
+            "total number of weight decay iterations": "--train-iters",
+        }
         super().__init__(
             optimizer,
             init_lr=0.0,
@@ -83,7 +103,40 @@ class LRScheduler(OptimizerParamScheduler):
             end_wd=schedule.weight_decay,
             wd_incr_steps=max(train_iters, 1),
             wd_incr_style="constant",
+            override_opt_param_scheduler=schedule.override_opt_param_scheduler,
+            use_checkpoint_opt_param_scheduler=schedule.use_checkpoint_opt_param_scheduler,
         )
+
+    def _check_and_set(self, cls_value, sd_value, name: str):
+        if cls_value != sd_value and not (self.override_opt_param_scheduler or self.use_checkpoint_opt_param_scheduler):
+            flag = self._flags.get(name, name)
+            raise ScheduleMismatch(
+                f"{flag}: the checkpoint's LR schedule has {name} {sd_value}, this run {cls_value}; pass "
+                "--override-opt_param-scheduler to use this run's or --use-checkpoint-opt_param-scheduler "
+                "to keep the checkpoint's"
+            )
+        return super()._check_and_set(cls_value, sd_value, name)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.update(requested_decay_style=self.requested_style, polynomial_power=self.polynomial_power)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "requested_decay_style" in state_dict:  # absent from checkpoints of older versions
+            self.requested_style = self._check_and_set(
+                self.requested_style, state_dict["requested_decay_style"], "learning rate decay style"
+            )
+            if self.requested_style == "polynomial":
+                self.polynomial_power = self._check_and_set(
+                    self.polynomial_power, state_dict["polynomial_power"], "polynomial decay power"
+                )
+        super().load_state_dict(state_dict)
+        # megatron copies --lr/--min-lr into every param group, and get_lr prefers those: they must
+        # follow the schedule in force (the checkpoint's with --use-checkpoint-opt_param-scheduler).
+        for group in self.optimizer.param_groups:
+            group["max_lr"], group["min_lr"] = self.max_lr, self.min_lr
+        self.step(0)
 
     def get_lr(self, param_group: dict) -> float:
         if self.requested_style != "polynomial":

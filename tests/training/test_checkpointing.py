@@ -192,6 +192,37 @@ def test_checkpoints_without_a_tracker_are_not_overwritten_by_a_fresh_start(save
         _load_here("--load", ckpt)
 
 
+def test_a_flipped_bit_in_a_shard_is_named_at_load(saved, tmp_path, megatron_world_of_one):
+    ckpt = _copy(saved, tmp_path)
+    session = _load_here("--load", ckpt)
+    intact = _state_tensors(session)
+    shard = next(f for f in os.listdir(checkpoint_dir(ckpt, 4)) if f.endswith(".distcp"))
+    path = os.path.join(checkpoint_dir(ckpt, 4), shard)
+    data = bytearray(open(path, "rb").read())
+    # One low mantissa bit of the word embedding's first value: the file stays loadable.
+    embedding = session.model[0].module.embedding.word_embeddings.weight
+    at = data.find(embedding.detach().numpy().tobytes()[:64])
+    assert at > 0
+    data[at] ^= 0x01
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"iter_0000004/{shard} is corrupt: CRC-32 [0-9a-f]{{8}}, "
+                                              r"[0-9a-f]{8} was written"):
+        _load_here("--load", ckpt)
+    # Without the checksums (checkpoints of older versions) the flip loads silently as another number.
+    os.remove(os.path.join(checkpoint_dir(ckpt, 4), "checksums.json"))
+    flipped = _state_tensors(_load_here("--load", ckpt))
+    assert sum(not torch.equal(a, b) for a, b in zip(flipped, intact)) == 1
+
+
+def _state_tensors(session):
+    from megatron_evomoe.training.optimizer_state import optimizer_copy
+
+    tensors = []
+    for param in session.model[0].parameters():
+        tensors += [param.detach().clone()] + [v.clone() for v in optimizer_copy(session.optimizer, param).state.values()]
+    return tensors
+
+
 def test_missing_or_garbled_tracker_and_missing_directory(saved, tmp_path, megatron_world_of_one):
     ckpt = _copy(saved, tmp_path)
     os.remove(os.path.join(ckpt, TRACKER_FILE))
@@ -271,3 +302,31 @@ def test_resume_keeps_the_checkpoint_padded_vocabulary(tmp_path):
     assert run.model.vocab_size == 128  # TP=1 alone would pad 120 to 120
     fresh = parse_args(tiny_args("--make-vocab-size-divisible-by", "8"))
     assert configure(fresh, lambda a: tokenizer)[0].model.vocab_size == 120
+
+
+def test_checkpoints_of_the_previous_format_still_load(saved, tmp_path, megatron_world_of_one):
+    """Written as before model-space optimizer keys, content metadata and checksums (same layout)."""
+    from dataclasses import asdict
+
+    from megatron.core import dist_checkpointing
+
+    from megatron_evomoe.training.checkpointing import META_FILE, _rng_sharded_object, _rng_state, unwrap_model
+
+    reference = _load_here("--load", os.path.join(saved[0], "ckpt"))
+    root = str(tmp_path / "old")
+    os.makedirs(checkpoint_dir(root, 4))
+    model_sd = unwrap_model(reference.model[0]).sharded_state_dict()
+    dist_checkpointing.save({
+        "model": model_sd,
+        "optimizer": reference.optimizer.sharded_state_dict(model_sd),  # megatron's chained format
+        "opt_param_scheduler": reference.scheduler.state_dict(),
+        "train_state": asdict(reference.state),
+        "extra": {},
+        "rng_state": _rng_sharded_object(_rng_state()),
+    }, checkpoint_dir(root, 4))
+    shutil.copy(os.path.join(saved[0], "ckpt", "iter_0000004", META_FILE), checkpoint_dir(root, 4))
+    with open(os.path.join(root, TRACKER_FILE), "w") as f:
+        f.write("4")
+    session = _load_here("--load", root)
+    assert session.state.iteration == 4
+    assert all(torch.equal(a, b) for a, b in zip(_state_tensors(session), _state_tensors(reference)))

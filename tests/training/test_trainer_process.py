@@ -117,7 +117,7 @@ def _limit_file_size(limit):
 
 def test_a_save_that_cannot_be_written_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    first = Trainer(_flags("--train-iters", "2", "--save", ckpt), tmp_path)
+    first = Trainer(_flags("--train-iters", "4", "--exit-interval", "2", "--save", ckpt), tmp_path)
     assert first.finish() == 0, "\n".join(first.lines)
     good = sorted(os.listdir(checkpoint_dir(ckpt, 2)))
     # The same disk, now unable to hold a .distcp data file (~500 kB; written by megatron's writer
