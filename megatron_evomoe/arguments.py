@@ -22,7 +22,6 @@ from megatron_evomoe import compat
 from megatron_evomoe.config import (
     DEFAULT_AUX_LOSS_COEFF,
     DISPATCHER_TYPES,
-    GROUPED_GEMM_DEFAULT,
     ROUTER_TYPES,
     DispatchOptions,
     EvoMoEOptions,
@@ -30,6 +29,7 @@ from megatron_evomoe.config import (
     ModelConfig,
     RouterOptions,
     TrainingConfig,
+    default_grouped_gemm,
 )
 from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
 from megatron_evomoe.initialize import ParallelLayout
@@ -125,8 +125,8 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--moe-grouped-gemm", action=argparse.BooleanOptionalAction, default=None,
-        help="all local experts in grouped GEMMs (TE on GPU, else torch._grouped_mm); "
-        "default on, from measurement (docs/measurement.md)",
+        help="all local experts in grouped GEMMs (TE on GPU, else torch._grouped_mm); default: on for "
+        "fp32 on the CPU, where it measured faster than the per-expert loop, else off (docs/measurement.md)",
     )
     g.add_argument(
         "--moe-token-dispatcher-type", choices=DISPATCHER_TYPES, default="allgather",
@@ -592,7 +592,9 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         moe_aux_loss_coeff=0.0,  # ours lives in moe_router.aux_loss_coeff
         moe_expert_capacity_factor=args.moe_expert_capacity_factor,
         moe_token_drop_policy=args.moe_token_drop_policy,
-        moe_grouped_gemm=GROUPED_GEMM_DEFAULT if args.moe_grouped_gemm is None else args.moe_grouped_gemm,
+        moe_grouped_gemm=(
+            default_grouped_gemm(on_gpu, args.bf16 or args.fp16) if args.moe_grouped_gemm is None else args.moe_grouped_gemm
+        ),
         moe_router=_router_options(args),
         evomoe=_evomoe_options(args),
         moe_dispatch=DispatchOptions(
