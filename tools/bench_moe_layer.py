@@ -22,18 +22,23 @@ dense_mem_mb, mem_ratio, ...). The logic is in megatron_evomoe/analysis/moe_laye
 import argparse
 import json
 import sys
-import warnings
 
-from megatron_evomoe.analysis.moe_layer_bench import COMPARISONS, ROUTERS, BenchCase, format_row, header, run_cases
+from megatron_evomoe.analysis.moe_layer_bench import (
+    COMPARISONS,
+    ROUTERS,
+    BenchCase,
+    add_layer_arguments,
+    format_row,
+    header,
+    layer_world,
+    run_cases,
+)
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--tokens", nargs="+", type=int, default=[512, 2048, 8192])
-    parser.add_argument("--experts", nargs="+", type=int, default=[8])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--ffn", type=int, default=1024, help="FFN size of one expert")
+    add_layer_arguments(parser, tokens=[512, 2048, 8192])
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--router", choices=ROUTERS, default="switch")
     parser.add_argument("--tau", type=float, default=1.0, help="DTS gate temperature (--router dts)")
@@ -41,13 +46,8 @@ def parse(argv=None):
         "--compare", nargs="+", choices=COMPARISONS, default=[],
         help="also time megatron-core's MoELayer and/or our layer with the per-expert loop",
     )
-    parser.add_argument(
-        "--grouped-gemm", action=argparse.BooleanOptionalAction, default=None,
-        help="our experts with or without the grouped GEMM (default: the project's default)",
-    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument(
         "--clock", choices=["wall", "process"], default="wall",
         help="process: CPU time of this process (steadier on a shared CPU; use with --threads 1)",
@@ -58,34 +58,19 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    warnings.filterwarnings("ignore")
-    import torch.distributed as dist
-
-    from megatron_evomoe import initialize
-    from megatron_evomoe.training.entry import quiet_megatron
-
-    quiet_megatron()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    owns_world = not dist.is_initialized()  # a caller (e.g. a test) may have one already
-    if owns_world:
-        initialize.initialize(initialize.ParallelLayout(), seed=0)
     compare = tuple(args.compare)
     cases = [
         BenchCase(t, e, args.hidden, args.ffn, args.dtype, args.grouped_gemm, args.router, args.tau, compare)
         for e in args.experts for t in args.tokens
     ]
-    if not args.json:
-        tau = f", tau {args.tau}" if args.router == "dts" else ""
-        print(f"device {args.device}, hidden {args.hidden}, expert FFN {args.ffn}, router {args.router}{tau}, "
-              f"{args.dtype}, {args.clock} clock, median of {args.repeats}; dense FFN = k experts' FLOPs\n"
-              f"{header(compare)}")
-    emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: print(format_row(r), flush=True))
-    run_cases(cases, args.device, args.repeats, args.warmup, args.clock, emit)
-    if owns_world:
-        initialize.shutdown()
+    with layer_world(args.threads):
+        if not args.json:
+            tau = f", tau {args.tau}" if args.router == "dts" else ""
+            print(f"device {args.device}, hidden {args.hidden}, expert FFN {args.ffn}, router {args.router}{tau}, "
+                  f"{args.dtype}, {args.clock} clock, median of {args.repeats}; dense FFN = k experts' FLOPs\n"
+                  f"{header(compare)}")
+        emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else (lambda r: print(format_row(r), flush=True))
+        run_cases(cases, args.device, args.repeats, args.warmup, args.clock, emit)
     return 0
 
 

@@ -20,10 +20,12 @@ no allocator statistics exist, the bytes autograd saves for backward (``moe/acti
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -239,39 +241,77 @@ def run_cases(cases: List[BenchCase], device: str, repeats: int, warmup: int, cl
     return results
 
 
+# The printed table: (title, width, format, key) per column; a column shows when its key is there.
+_COLUMNS = (
+    ("tokens", 7, "d", "tokens"), ("experts", 7, "d", "num_experts"), ("router", 7, "s", "router"),
+    ("k", 5, ".2f", "experts_per_token"), ("moe ms", 9, ".2f", "moe_ms"), ("dense ms", 9, ".2f", "dense_ms"),
+    ("loop ms", 9, ".2f", "loop_ms"), ("mcore ms", 9, ".2f", "megatron_ms"), ("moe/dense", 9, ".2f", "ratio"),
+    ("loop/dense", 10, ".2f", "loop_ratio"), ("moe/loop", 8, ".2f", "grouped_vs_loop"),
+    ("mcore/dense", 11, ".2f", "megatron_ratio"), ("moe/mcore", 9, ".2f", "moe_vs_megatron"),
+    ("moe MB", 8, ".2f", "moe_mem_mb"), ("dense MB", 8, ".2f", "dense_mem_mb"), ("mem x", 6, ".2f", "mem_ratio"),
+    ("mcore MB", 8, ".2f", "megatron_mem_mb"), ("mcore mem x", 11, ".2f", "megatron_mem_ratio"),
+)
+_COMPARED_KEYS = {"per-expert-loop": ("loop_",), "megatron-core": ("megatron_",)}
+
+
+def _shown(key: str, compare: Tuple[str, ...]) -> bool:
+    needs = [name for name, prefixes in _COMPARED_KEYS.items() if key.startswith(prefixes)]
+    needs += ["per-expert-loop"] if key == "grouped_vs_loop" else []
+    needs += ["megatron-core"] if key == "moe_vs_megatron" else []
+    return all(name in compare for name in needs)
+
+
 def header(compare: Tuple[str, ...]) -> str:
     """Column titles of :func:`format_row` for the given comparisons."""
-    cols = f"{'tokens':>7} {'experts':>7} {'router':>7} {'k':>5} {'moe ms':>9} {'dense ms':>9}"
-    if "per-expert-loop" in compare:
-        cols += f" {'loop ms':>9}"
-    if "megatron-core" in compare:
-        cols += f" {'mcore ms':>9}"
-    cols += f" {'moe/dense':>9}"
-    if "per-expert-loop" in compare:
-        cols += f" {'loop/dense':>10} {'moe/loop':>8}"
-    if "megatron-core" in compare:
-        cols += f" {'mcore/dense':>11} {'moe/mcore':>9}"
-    cols += f" {'moe MB':>8} {'dense MB':>8} {'mem x':>6}"
-    if "megatron-core" in compare:
-        cols += f" {'mcore MB':>8} {'mcore mem x':>11}"
-    return cols
+    return " ".join(f"{title:>{width}}" for title, width, _, key in _COLUMNS if _shown(key, compare))
 
 
 def format_row(r: Dict) -> str:
     """One printed line of a result (the columns of :func:`header`)."""
-    row = (f"{r['tokens']:>7} {r['num_experts']:>7} {r['router']:>7} {r['experts_per_token']:>5.2f}"
-           f" {r['moe_ms']:>9.2f} {r['dense_ms']:>9.2f}")
-    if "loop_ms" in r:
-        row += f" {r['loop_ms']:>9.2f}"
-    if "megatron_ms" in r:
-        row += f" {r['megatron_ms']:>9.2f}"
-    row += f" {r['ratio']:>9.2f}"
-    if "loop_ms" in r:
-        row += f" {r['loop_ratio']:>10.2f} {r['grouped_vs_loop']:>8.2f}"
-    if "megatron_ms" in r:
-        row += f" {r['megatron_ratio']:>11.2f} {r['moe_vs_megatron']:>9.2f}"
-    row += f" {r['moe_mem_mb']:>8.2f} {r['dense_mem_mb']:>8.2f} {r['mem_ratio'] or float('nan'):>6.2f}"
-    if "megatron_ms" in r:
-        row += f" {r['megatron_mem_mb']:>8.2f} {r['megatron_mem_ratio'] or float('nan'):>11.2f}"
-    return row
+    compare = tuple(name for name, (prefix,) in _COMPARED_KEYS.items() if f"{prefix}ms" in r)
+    cells = []
+    for _, width, fmt, key in _COLUMNS:
+        if _shown(key, compare):
+            value = r.get(key)
+            cells.append(f"{value:>{width}{fmt}}" if value is not None else f"{'nan':>{width}}")
+    return " ".join(cells)
 
+
+def add_layer_arguments(parser, tokens: List[int]) -> None:
+    """The layer-shape flags the benchmark and the profiler share."""
+    parser.add_argument("--tokens", nargs="+", type=int, default=tokens)
+    parser.add_argument("--experts", nargs="+", type=int, default=[8])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--ffn", type=int, default=1024, help="FFN size of one expert")
+    parser.add_argument(
+        "--grouped-gemm", action=argparse.BooleanOptionalAction, default=None,
+        help="our experts with or without the grouped GEMM (default: the project's default)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+
+
+@contextlib.contextmanager
+def layer_world(threads: Optional[int] = None) -> Iterator[None]:
+    """A world of one with megatron's process groups for benchmarking single layers (a caller's
+    world, e.g. a test's, is used as it is); ``threads`` torch intra-op threads when given."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from megatron_evomoe import initialize
+    from megatron_evomoe.training.entry import quiet_megatron
+
+    warnings.filterwarnings("ignore")
+    quiet_megatron()
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    owns_world = not dist.is_initialized()
+    if owns_world:
+        initialize.initialize(initialize.ParallelLayout(), seed=0)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        if owns_world:
+            initialize.shutdown()
