@@ -192,6 +192,12 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--evomoe-mask-ratio", type=float, default=EvoMoEOptions.mask_ratio)
     e.add_argument("--evomoe-mask-granularity", choices=["element", "neuron"], default="element")
     e.add_argument(
+        "--evomoe-mask-rescale", action="store_true",
+        help="divide the kept weights by (1 - mask ratio) at diversify (element masks: fc1 and fc2; neuron "
+        "masks: fc2), so spawned experts keep the shared expert's output scale in expectation; off by "
+        "default (the paper does not rescale)",
+    )
+    e.add_argument(
         "--evomoe-optimizer-state", choices=["reset", "masked_copy"], default=None,
         help="Adam moments of spawned experts: the shared expert's under the same mask (masked_copy; "
         "default), or zeros (reset; default with --use-distributed-optimizer, whose shards do not hold "
@@ -286,6 +292,12 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         "--log-routing-probe", type=int, default=0, metavar="N",
         help="at each log interval, route the first N validation tokens in eval mode and log each token's "
         "id and expert per MoE layer (training/routing_probe.py; 0: off)",
+    )
+    e.add_argument(
+        "--log-moe-diagnostics", action="store_true",
+        help="per MoE layer at each log interval: expert weight similarity and, with --log-routing-probe, gate "
+        "entropy, top-1/top-2 margin and routing fluctuation; the loss jump at each routing phase change "
+        "(training/moe_diagnostics.py)",
     )
 
 
@@ -524,6 +536,7 @@ def _evomoe_options(args: argparse.Namespace) -> EvoMoEOptions:
         shared_expert_iters=shared,
         mask_ratio=args.evomoe_mask_ratio,
         mask_granularity=args.evomoe_mask_granularity,
+        mask_rescale=args.evomoe_mask_rescale,
         optimizer_state=optimizer_state,
         expert_diversify=not args.no_expert_diversify,
         gate_sparsify=not args.no_gate_sparsify,
@@ -664,6 +677,7 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         tensorboard_dir=args.tensorboard_dir,
         log_json=args.log_json,
         log_routing_probe=args.log_routing_probe,
+        log_moe_diagnostics=args.log_moe_diagnostics,
         seed=args.seed,
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,

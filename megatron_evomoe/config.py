@@ -90,6 +90,10 @@ class EvoMoEOptions:
     """Fraction of each spawned expert's weights set to zero by the diversify mask."""
     mask_granularity: str = "element"
     """'element' masks individual weights; 'neuron' masks whole hidden units of the FFN."""
+    mask_rescale: bool = False
+    """Divide the kept weights by (1 - mask_ratio) at diversify so that a spawned expert's output
+    keeps the shared expert's scale in expectation (``moe/diversify.py``). Off by default: the
+    paper masks without rescaling."""
     optimizer_state: str = "masked_copy"
     """Adam moments of spawned experts at T_S: 'masked_copy' of the shared expert's (default) or
     'reset' to zero. megatron keeps one Adam step for all parameters, so after a reset the bias
@@ -181,6 +185,9 @@ class TrainingConfig:
     log_json: Optional[str] = None
     log_routing_probe: int = 0
     """Validation tokens whose per-layer expert is logged at each log interval (0: off)."""
+    log_moe_diagnostics: bool = False
+    """Log expert similarity, gate entropy / margin, routing fluctuation and the loss jump at each
+    routing phase change (``training/moe_diagnostics.py``)."""
     seed: int = 1234
     max_skipped_iters: int = 10
     """Consecutive non-finite iterations after which training stops with an error (checkpoint_keeper.py)."""

@@ -1,6 +1,7 @@
 """The command line end to end: corpus -> tokenizer -> .bin/.idx -> pretrain_gpt_moe.py (EvoMoE)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -129,3 +130,33 @@ def test_a_run_that_diverges_exits_non_zero_naming_the_last_good_checkpoint(data
         f"Checkpoints from the start of the streak were renamed: {ckpt}/iter_0000001.nonfinite."
     )
     assert sorted(os.listdir(ckpt)) == [f"iter_000000{i}.nonfinite" for i in range(1, 5)]
+
+
+def test_compare_routers_sweep_with_diagnostics_end_to_end(data, tmp_path):
+    """A one-flag grid (EvoMoE with and without --evomoe-mask-rescale) against plain Switch: the
+    grid's rows, run directories, pairing, diagnostics table and plots."""
+    out = tmp_path / "sweep"
+    model = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "32"]
+    data_flags = _flags(data)[: _flags(data).index("--split") + 2]
+    common = ["tools/compare_routers.py", "--output-dir", str(out), "--routers", "switch", "evomoe", "--seeds", "1",
+              "--train-iters", "10", "--micro-batch-size", "4", "--global-batch-size", "4", "--eval-interval", "5",
+              "--eval-iters", "2", "--probe-tokens", "32", *data_flags, *model]
+    result = _run(*common, "--sweep", "--evomoe-mask-rescale=false,true")
+    rows = ["switch", "evomoe[evomoe-mask-rescale=false]", "evomoe[evomoe-mask-rescale=true]"]
+    doc = json.load(open(out / "results.json"))
+    assert list(doc["runs"]) == rows
+    assert doc["settings"]["variants"][rows[2]]["sweep"] == {"--evomoe-mask-rescale": "true"}
+    assert "--evomoe-mask-rescale" in doc["settings"]["variants"][rows[2]]["flags"]
+    assert "--evomoe-mask-rescale" not in doc["settings"]["variants"][rows[1]]["flags"]
+    assert "kept weights rescaled by 1/(1 - ratio)" in (out / "runs/evomoe/evomoe-mask-rescale=true/seed1/stdout.log").read_text()
+    for row in rows[1:]:
+        paired = doc["paired"]["variants"][row]
+        assert paired["reference_row"] == "switch" and paired["per_seed"]["1"]["difference"] is not None
+        summary = doc["runs"][row]["1"]["diagnostics"]["summary"]
+        assert 0.7 < summary["similarity_first"] < 0.9  # spawned at mask ratio 0.2: about 1 - r
+        assert summary["jump_T_S_eval"] is not None and summary["jump_T_D_eval"] is not None
+        assert summary["entropy_last"] <= math.log(4) + 1e-6
+    switch = doc["runs"]["switch"]["1"]["diagnostics"]["summary"]
+    assert abs(switch["similarity_first"]) < 0.2 and switch["jump_T_S_eval"] is None  # random experts, one phase
+    assert "expert cos sim, first" in result.stdout and "ΔL at T_S (val)" in result.stdout
+    assert (out / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

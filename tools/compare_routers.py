@@ -20,6 +20,19 @@ kept, interrupted ones resume from their last checkpoint. ``--routers`` picks a 
 ``--launcher "torchrun --nproc-per-node 8"`` runs each job distributed, ``--report-only`` only
 rewrites the outputs from the runs on disk.
 
+``--sweep FLAG=v1,v2,...`` (repeatable) trains a grid: every variant that reads FLAG gets a row per
+value (per point of the product of several sweeps), in its own run directory, and each EvoMoE grid
+point is paired with the Switch run of the same seeds and swept values::
+
+    python tools/compare_routers.py ... --routers switch evomoe \
+        --sweep --num-experts=4,8,16 --sweep --evomoe-mask-ratio=0,0.2,0.5
+
+``--sweep --train-iters=1200,3600`` varies the run length (intervals, warm-up and phases follow it),
+``--sweep evomoe-shared-fraction=0.025,0.05,0.1`` / ``dts-anneal-fraction=...`` EvoMoE's phases as
+fractions of the run (``megatron_evomoe/analysis/sweep.py``). Every run logs the MoE diagnostics
+(``--log-moe-diagnostics`` with a ``--probe-tokens`` routing probe; ``--no-diagnostics`` turns them
+off), which the report tabulates and plots in ``diagnostics.png``.
+
 ``--protocol paper`` is the EvoMoE paper's setup: EvoMoE's phases at 5% + 5% of the steps, balance
 weight 0.1 for Switch, StableMoE and EvoMoE (paper sec. V-A), every baseline at its own paper's
 defaults, EvoMoE with and without Algorithm 2's Top-1 noise, seeds 1 2 3. Every protocol trains all
@@ -38,6 +51,7 @@ from megatron_evomoe.analysis.comparison_runner import subprocess_launcher
 from megatron_evomoe.analysis.router_suite import (
     MODEL_SIZES, PAPER_SEEDS, PROTOCOLS, protocol_variants, resolve_variants, split_available,
 )
+from megatron_evomoe.analysis.sweep import check_sweeps, extract_sweeps, parse_sweeps
 from megatron_evomoe.moe.routers import available_routers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,15 +85,31 @@ def parse(argv=None):
     parser.add_argument("--global-batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--min-lr", type=float, default=1e-4)
-    parser.add_argument("--eval-interval", type=int, default=None, help="default: train iters / 10")
+    parser.add_argument("--eval-interval", type=int, default=None, help="default: each run's train iters / 10")
     parser.add_argument("--eval-iters", type=int, default=4)
     parser.add_argument("--log-interval", type=int, default=None, help="default: eval interval / 2")
-    parser.add_argument("--save-interval", type=int, default=None, help="default: train iters / 4")
+    parser.add_argument("--save-interval", type=int, default=None, help="default: each run's train iters / 4")
+    parser.add_argument(
+        "--sweep", action="append", default=[], metavar="FLAG=v1,v2,...",
+        help="repeatable: a row per value for every variant that reads FLAG (a grid with several); "
+        "also --train-iters, evomoe-shared-fraction, dts-anneal-fraction (docs/measurement.md)",
+    )
+    parser.add_argument("--probe-tokens", type=int, default=256,
+                        help="validation tokens of the routing probe behind gate entropy, margin and fluctuation")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="do not give the runs --log-moe-diagnostics and the routing probe")
     parser.add_argument("--target", default="switch", help="whose final PPL the FLOPs-to-target column uses")
     parser.add_argument("--launcher", default="", help="command prefix, e.g. 'torchrun --nproc-per-node 8'")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints")
     parser.add_argument("--report-only", action="store_true", help="no training: outputs from the runs on disk")
+    try:
+        sweeps, argv = extract_sweeps(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        parser.error(str(exc))
     args, passthrough = parser.parse_known_args(argv)
+    args.sweep = sweeps
+    if args.probe_tokens < 1:
+        parser.error("--probe-tokens must be >= 1 (--no-diagnostics turns the probe off)")
     if args.routers is None:
         args.routers = list(protocol_variants(args.protocol))
     if args.seeds is None:
@@ -96,19 +126,19 @@ def main(argv=None) -> int:
     args, passthrough = parse(argv)
     try:
         variants, skipped = split_available(resolve_variants(args.routers, args.protocol), available_routers())
+        sweeps = parse_sweeps(args.sweep)
+        check_sweeps(sweeps, passthrough, variants)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    eval_interval = args.eval_interval or max(1, args.train_iters // 10)
     settings = ComparisonSettings(
         output_dir=args.output_dir, variants=variants, seeds=args.seeds, model=MODEL_SIZES[args.model_size],
         train_iters=args.train_iters, micro_batch_size=args.micro_batch_size,
-        global_batch_size=args.global_batch_size, lr=args.lr, min_lr=args.min_lr,
-        eval_interval=eval_interval, eval_iters=args.eval_iters,
-        log_interval=args.log_interval or max(1, eval_interval // 2),
-        save_interval=args.save_interval or max(1, args.train_iters // 4),
+        global_batch_size=args.global_batch_size, lr=args.lr, min_lr=args.min_lr, eval_iters=args.eval_iters,
+        eval_interval=args.eval_interval, log_interval=args.log_interval, save_interval=args.save_interval,
         passthrough=passthrough, target=args.target, skipped=skipped, protocol=args.protocol,
-        data_seed=args.data_seed,
+        data_seed=args.data_seed, sweeps=sweeps, diagnostics=not args.no_diagnostics,
+        probe_tokens=args.probe_tokens,
     )
     for name, why in skipped.items():
         print(f"skipping {name}: {why}")
@@ -118,7 +148,8 @@ def main(argv=None) -> int:
         failures = run_all(settings, launcher, args.keep_checkpoints)
     outputs = write_outputs(settings, settings.plan())
     print("\n" + outputs.console)
-    print(f"\nwrote {outputs.results_json}, {outputs.markdown}, {outputs.plot}")
+    written = [outputs.results_json, outputs.markdown, outputs.plot] + [p for p in [outputs.diagnostics_plot] if p]
+    print(f"\nwrote {', '.join(written)}")
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -1,9 +1,12 @@
-"""Validation perplexity against iterations and against training FLOPs (the paper's Fig. 6 a/b).
+"""Validation perplexity against iterations and against training FLOPs (the paper's Fig. 6 a/b),
+and the MoE diagnostics against iterations.
 
-Per variant the curve is the mean over seeds at each evaluation (seeds evaluate at the same
-iterations), with a band of ± one standard deviation when there are several seeds; FLOPs on the
-x axis are the mean cumulative training FLOPs at that evaluation. A dashed line marks the target
-PPL (Switch's final one), so the FLOPs-to-target column of the table can be read off panel (b).
+Per row (a variant, or one grid point of a sweep) the curve is the mean over seeds at each
+evaluation (seeds evaluate at the same iterations), with a band of ± one standard deviation when
+there are several seeds; FLOPs on the x axis are the mean cumulative training FLOPs at that
+evaluation. A dashed line marks the target PPL (Switch's final one), so the FLOPs-to-target column
+of the table can be read off panel (b). The diagnostics figure has one panel per diagnostic (mean
+over MoE layers and seeds), in the same colours.
 """
 
 from __future__ import annotations
@@ -11,7 +14,16 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional
 
+from megatron_evomoe.analysis.comparison_diagnostics import CURVES
 from megatron_evomoe.analysis.comparison_report import RunResult, flops_unit
+
+
+def _colors(count: int):
+    """A colour per row: tab10, tab20 beyond ten rows."""
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return lambda index: cmap(index % cmap.N)
 
 
 def _mean_curve(runs: Dict[int, RunResult]):
@@ -48,12 +60,12 @@ def plot_comparison(
     variants = [v for v in order if v in results and results[v]]
     scale, unit = flops_unit([p.flops for v in variants for r in results[v].values() for p in r.summary.curve])
     fig, (ax_it, ax_fl) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
-    colors = plt.get_cmap("tab10")
+    colors = _colors(len(variants))
     for index, variant in enumerate(variants):
         iters, flops, mean, std = _mean_curve(results[variant])
         if not iters:
             continue
-        style = dict(color=colors(index % 10), marker="o", markersize=3, linewidth=1.6,
+        style = dict(color=colors(index), marker="o", markersize=3, linewidth=1.6,
                      linestyle="--" if variant == "dense" else "-")
         low = [m - s for m, s in zip(mean, std)]
         high = [m + s for m, s in zip(mean, std)]
@@ -80,5 +92,47 @@ def plot_comparison(
     seeds = max((len(results[v]) for v in variants), default=0)
     fig.suptitle(title + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""))
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _mean_diagnostic(runs: Dict[int, RunResult], key: str):
+    """(iterations, mean over seeds) at the iterations every seed logged ``key``."""
+    curves = [dict(r.diagnostics.curves.get(key, [])) for r in runs.values() if r.diagnostics is not None]
+    if not curves or not all(curves):
+        return [], []
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    return common, [sum(c[it] for c in curves) / len(curves) for it in common]
+
+
+def plot_diagnostics(results: Dict[str, Dict[int, RunResult]], order: List[str], path: str) -> str:
+    """Write a PNG with one panel per diagnostic of :data:`CURVES` (x: iteration) and return it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [v for v in order if v in results and results[v]]
+    colors = _colors(len(rows))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8), constrained_layout=True)
+    for ax, (key, label) in zip(axes.flat, CURVES.items()):
+        for index, row in enumerate(rows):
+            iters, values = _mean_diagnostic(results[row], key)
+            if iters:
+                ax.plot(iters, values, color=colors(index), marker="o", markersize=2, linewidth=1.4, label=row)
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(label)
+        ax.set_title(label + " (mean over MoE layers)")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in axes.flat[1:]:  # rows without similarity (none logged) still get a legend entry
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
+    seeds = max((len(results[v]) for v in rows), default=0)
+    fig.suptitle("MoE diagnostics per logged iteration" + (f" (mean over {seeds} seeds)" if seeds > 1 else ""))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 from megatron_evomoe.analysis.comparison_math import (
     PairedDifference, Stat, flops_to_reach, mean_std, paired_difference, ratio,
 )
+from megatron_evomoe.analysis.comparison_diagnostics import RunDiagnostics, run_diagnostics
 from megatron_evomoe.analysis.comparison_runner import RunSpec, RunStatus, read_meta, run_status
 from megatron_evomoe.analysis.run_log import RunSummary, read_records, summarize
 
@@ -37,22 +38,29 @@ class RunResult:
     target_ppl: Optional[float] = None
     flops_to_target: Optional[float] = None
     relative_flops_to_target: Optional[float] = None
+    diagnostics: Optional[RunDiagnostics] = None
 
 
-def collect_results(specs: List[RunSpec], tokens_per_iteration: int, target: str) -> Dict[str, Dict[int, RunResult]]:
-    """``{variant: {seed: RunResult}}`` for the complete runs among ``specs`` (same flags as planned).
+def collect_results(
+    specs: List[RunSpec], references: Dict[str, Optional[str]]
+) -> Dict[str, Dict[int, RunResult]]:
+    """``{row: {seed: RunResult}}`` for the complete runs among ``specs`` (same flags as planned).
 
-    The target PPL of seed k is the final PPL of ``target``'s seed-k run (absent without one).
+    ``references[row]`` is the target's row that ``row`` is compared with (itself for the target's
+    rows); the target PPL of seed k is that row's seed-k final PPL (absent without one).
     """
     results: Dict[str, Dict[int, RunResult]] = {}
     for spec in specs:
         if run_status(spec) is not RunStatus.COMPLETE:
             continue  # unfinished, or run with other settings: not comparable
-        summary = summarize(read_records(spec.log_path), tokens_per_iteration)
+        records = read_records(spec.log_path)
+        summary = summarize(records, spec.tokens_per_iteration)
         wall = spec.wall_seconds or (read_meta(spec) or {}).get("wall_seconds", [])
-        results.setdefault(spec.variant, {})[spec.seed] = RunResult(spec.variant, spec.seed, summary, float(sum(wall)))
-    reference = results.get(target, {})
-    for runs in results.values():
+        results.setdefault(spec.variant, {})[spec.seed] = RunResult(
+            spec.variant, spec.seed, summary, float(sum(wall)), diagnostics=run_diagnostics(records)
+        )
+    for row, runs in results.items():
+        reference = results.get(references.get(row) or "", {})
         for seed, result in runs.items():
             if seed not in reference:
                 continue
@@ -82,17 +90,21 @@ METRICS = {
 
 
 def paired_differences(
-    results: Dict[str, Dict[int, RunResult]], reference: str
+    results: Dict[str, Dict[int, RunResult]], references: Dict[str, Optional[str]]
 ) -> Dict[str, Dict[int, PairedDifference]]:
-    """``{variant: {seed: PairedDifference}}`` against ``reference``'s run of the same seed."""
-    ref = results.get(reference, {})
-    return {
-        variant: {
+    """``{row: {seed: PairedDifference}}`` against the row's reference run of the same seed (rows
+    without a reference, and the reference rows themselves, have none)."""
+    paired = {}
+    for row, runs in results.items():
+        reference = references.get(row)
+        if reference is None or reference == row:
+            continue
+        ref = results.get(reference, {})
+        paired[row] = {
             seed: paired_difference(_curve(run.summary), _curve(ref[seed].summary))
             for seed, run in sorted(runs.items()) if seed in ref
         }
-        for variant, runs in results.items() if variant != reference
-    }
+    return paired
 
 
 def summarize_paired(paired: Dict[str, Dict[int, PairedDifference]], seeds: List[int]) -> Dict[str, Stat]:
@@ -141,8 +153,12 @@ def flops_unit(values: List[float]) -> tuple[float, str]:
     return 1.0, "FLOP"
 
 
-def table_rows(summary: Dict[str, Dict[str, Stat]], order: List[str], target: str) -> tuple[list, list]:
-    """(header, rows of strings) of the comparison table."""
+def table_rows(
+    summary: Dict[str, Dict[str, Stat]], order: List[str], target: str,
+    references: Optional[Dict[str, Optional[str]]] = None,
+) -> tuple[list, list]:
+    """(header, rows of strings) of the comparison table (``references``: each row's target row)."""
+    references = references or {}
     scale, unit = flops_unit([summary[v]["total_flops"].mean or 0.0 for v in order if v in summary])
     header = [
         "router", "val PPL", f"train {unit}", f"{unit} to reach {target} PPL", f"vs {target}",
@@ -157,7 +173,9 @@ def table_rows(summary: Dict[str, Dict[str, Stat]], order: List[str], target: st
             variant,
             s["final_val_ppl"].format(),
             s["total_flops"].format(scale, 3, missing="-"),
-            s["flops_to_target"].format(scale, 3, missing="not reached" if target in summary else "-"),
+            s["flops_to_target"].format(
+                scale, 3, missing="not reached" if references.get(variant, target) in summary else "-"
+            ),
             s["relative_flops_to_target"].format(1.0, 2, missing="-"),
             s["train_seconds"].format(1.0, 1, missing="-"),
             s["wall_seconds"].format(1.0, 1, missing="-"),
@@ -192,11 +210,16 @@ def phase_table(shares: Dict[str, Dict[str, Stat]], order: List[str]) -> tuple[l
 
 
 def paired_table(
-    paired: Dict[str, Dict[int, PairedDifference]], stats: Dict[str, Stat], order: List[str], reference: str
+    paired: Dict[str, Dict[int, PairedDifference]], stats: Dict[str, Stat], order: List[str], reference: str,
+    references: Optional[Dict[str, Optional[str]]] = None,
 ) -> tuple[list, list]:
-    """(header, rows): per variant the mean ± std over seeds of its val PPL minus ``reference``'s at
-    equal FLOPs, and each seed's difference with the budget it was read at."""
-    header = ["router", f"Δ val PPL vs {reference} at equal FLOPs", "per seed: Δ @ budget"]
+    """(header, rows): per row the mean ± std over seeds of its val PPL minus its reference's at
+    equal FLOPs, and each seed's difference with the budget it was read at. A ``vs`` column names
+    the reference row where grid points pair with different ones."""
+    references = references or {}
+    show_reference = any(ref not in (None, reference) for ref in references.values())
+    header = ["router", *(["vs"] if show_reference else []), f"Δ val PPL vs {reference} at equal FLOPs",
+              "per seed: Δ @ budget"]
     rows = []
     for variant in order:
         if variant not in paired:
@@ -206,7 +229,8 @@ def paired_table(
             f"seed {seed}: " + ("-" if p.difference is None else f"{p.difference:+.2f}") + f" @ {p.budget / scale:.3g} {unit}"
             for seed, p in paired[variant].items()
         )
-        rows.append([variant, stats[variant].format(missing="-"), per_seed or "-"])
+        vs = [references.get(variant) or "-"] if show_reference else []
+        rows.append([variant, *vs, stats[variant].format(missing="-"), per_seed or "-"])
     return header, rows
 
 
@@ -218,11 +242,13 @@ def results_document(
     paired: Optional[Dict[str, Dict[int, PairedDifference]]] = None,
     paired_summary: Optional[Dict[str, Stat]] = None,
     phase_shares: Optional[Dict[str, Dict[str, Stat]]] = None,
+    references: Optional[Dict[str, Optional[str]]] = None,
+    diagnostics_summary: Optional[Dict[str, Dict[str, Stat]]] = None,
 ) -> dict:
     """What ``results.json`` holds (layout in docs/measurement.md).
 
-    Every per-variant table is keyed by variant name, so further variants (e.g. a flag sweep,
-    described in ``settings.variants``) add keys without reshaping the document.
+    Every per-row table is keyed by row name (the variant, with its grid point when swept, as
+    ``settings.variants`` describes it), so sweeps add keys without reshaping the document.
     """
     runs = {}
     for variant, by_seed in results.items():
@@ -234,9 +260,11 @@ def results_document(
                 "iterations": r.summary.iterations,
                 "phase_flops": r.summary.phase_flops,
                 "curve": [asdict(p) for p in r.summary.curve],
+                "diagnostics": r.diagnostics.as_dict() if r.diagnostics is not None else None,
             }
     paired = paired or {}
     paired_summary = paired_summary or {}
+    references = references or {}
     return {
         "schema_version": 2,
         "settings": settings,
@@ -245,10 +273,14 @@ def results_document(
         "phase_flops_share": {
             v: {phase: asdict(stat) for phase, stat in by_phase.items()} for v, by_phase in (phase_shares or {}).items()
         },
+        "diagnostics": {
+            v: {key: asdict(stat) for key, stat in stats.items()} for v, stats in (diagnostics_summary or {}).items()
+        },
         "paired": {
             "reference": settings.get("target"),
             "variants": {
                 v: {
+                    "reference_row": references.get(v, settings.get("target")),
                     "difference": asdict(paired_summary[v]) if v in paired_summary else None,
                     "per_seed": {
                         str(seed): {**asdict(p), "difference": p.difference} for seed, p in by_seed.items()

@@ -1,9 +1,11 @@
 """Running the comparison's training jobs, resumably.
 
-Each (variant, seed) is one ``pretrain_gpt_moe.py`` process with its own directory::
+Each (row, seed) is one ``pretrain_gpt_moe.py`` process with its own directory::
 
     OUTPUT_DIR/runs/<variant>/seed<k>/  run.json (its flags, wall time per attempt), log.jsonl,
                                         stdout.log, ckpt/ (deleted once the run is complete)
+
+and a row of a ``--sweep`` grid in ``runs/<variant>/<flag>=<value>,.../seed<k>/``.
 
 Before launching, :func:`run_status` decides from what is on disk: a run whose log ends with the
 final iteration's evaluation is *complete* and never rerun; one with a checkpoint is *resumed*
@@ -47,14 +49,17 @@ class RunSpec:
         run_dir: its directory.
         flags: pretrain_gpt_moe.py flags, without the per-run paths (log, checkpoints) and ``--load``.
         train_iters: iterations of a complete run.
+        tokens_per_iteration: training tokens per iteration (global batch x sequence length).
     """
 
     variant: str
+    """Row name: the variant, with its grid point when swept (``evomoe[num-experts=8]``)."""
     seed: int
     run_dir: str
     flags: List[str]
     train_iters: int
     wall_seconds: List[float] = field(default_factory=list)
+    tokens_per_iteration: int = 0
 
     @property
     def log_path(self) -> str:

@@ -1,12 +1,19 @@
 """EvoMoE expert-diversify (paper sec. III-B, Fig. 5): spawn N experts from the shared expert.
 
 Each spawned expert is the trained shared expert with part of its weights set to 0 by a random mask
-(no rescaling: the paper masks, it does not drop out). Granularity:
+(no rescaling by default: the paper masks, it does not drop out). Granularity:
 
 * ``element`` (default): every weight of fc1 and fc2 is masked independently with probability
   ``mask_ratio``;
 * ``neuron``: whole hidden units are masked (a row of fc1 and the matching column of fc2), so each
   expert is a thinner copy of the FFN.
+
+Unrescaled, masking shrinks a spawned expert's output: with element masks each of the two products
+keeps a fraction (1 - r) of its terms, about (1 - r)^2 of the output; with neuron masks (1 - r) of
+the hidden units reach fc2. ``--evomoe-mask-rescale`` divides the kept weights by (1 - r) so that
+the expected pre-activation (element masks: fc1) and the expected output (fc2) equal the shared
+expert's: E[m W / (1 - r)] = W for a keep-mask m ~ Bernoulli(1 - r). Neuron masks rescale fc2 only:
+a kept unit's pre-activation is the shared expert's exactly, and scaling it would move it along GeLU.
 
 Masks are pure functions of (seed, layer number, global expert index, weight name) and are drawn for
 the whole (tensor-parallel unsplit) weight, of which each TP rank keeps its slice: the spawned experts
@@ -44,6 +51,14 @@ def expert_masks(
     raise ValueError(f"unknown --evomoe-mask-granularity {options.mask_granularity!r}")
 
 
+def rescale_factors(options: EvoMoEOptions) -> Tuple[float, float]:
+    """Factors applied to the kept (fc1, fc2) weights of a spawned expert (see the module doc)."""
+    if not options.mask_rescale:
+        return 1.0, 1.0
+    keep = 1.0 / (1.0 - options.mask_ratio)
+    return (keep, keep) if options.mask_granularity == "element" else (1.0, keep)
+
+
 def expert_weights(experts: torch.nn.Module, local_index: int) -> Tuple[torch.nn.Parameter, torch.nn.Parameter]:
     """(fc1, fc2) weights of local expert ``local_index`` (SequentialMLP or TE grouped experts)."""
     if hasattr(experts, "local_experts"):
@@ -71,7 +86,7 @@ def spawn_experts(layer, options: EvoMoEOptions, seed: int, tp_rank: int, tp_siz
 
     Args:
         layer: an MoELayer with ``shared_expert`` (megatron MLP) and ``experts``.
-        options: mask ratio and granularity.
+        options: mask ratio, granularity and rescaling.
         seed: the run's seed.
         tp_rank, tp_size: position in the (expert) tensor-parallel group; the shared expert and the
             experts must be sharded alike (expert TP size == TP size).
@@ -82,6 +97,7 @@ def spawn_experts(layer, options: EvoMoEOptions, seed: int, tp_rank: int, tp_siz
     shared_fc1, shared_fc2 = layer.shared_expert.linear_fc1.weight, layer.shared_expert.linear_fc2.weight
     ffn_local, hidden = shared_fc1.shape
     rows = slice(tp_rank * ffn_local, (tp_rank + 1) * ffn_local)
+    scale1, scale2 = rescale_factors(options)
     spawned = []
     for local_index, global_index in enumerate(layer.local_expert_indices):
         fc1, fc2 = expert_weights(layer.experts, local_index)
@@ -92,7 +108,7 @@ def spawn_experts(layer, options: EvoMoEOptions, seed: int, tp_rank: int, tp_siz
             )
         mask1, mask2 = expert_masks(ffn_local * tp_size, hidden, options, seed, layer.layer_number, global_index)
         mask1, mask2 = mask1[rows].contiguous(), mask2[:, rows].contiguous()
-        fc1.copy_(shared_fc1 * mask1.to(shared_fc1.dtype))
-        fc2.copy_(shared_fc2 * mask2.to(shared_fc2.dtype))
+        fc1.copy_(shared_fc1.float() * mask1 * scale1)  # in fp32, rounded once to the weight's dtype
+        fc2.copy_(shared_fc2.float() * mask2 * scale2)
         spawned += [SpawnedWeight(fc1, shared_fc1, mask1), SpawnedWeight(fc2, shared_fc2, mask2)]
     return spawned

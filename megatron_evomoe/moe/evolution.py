@@ -125,7 +125,8 @@ class PhaseController:
             overwrite_parameter(optimizer, layer.router.weight)
         return (
             f"expert-diversify: spawned {self.config.num_moe_experts} experts per MoE layer from the "
-            f"shared expert (mask ratio {options.mask_ratio}, {options.mask_granularity} masks, "
+            f"shared expert (mask ratio {options.mask_ratio}, {options.mask_granularity} masks"
+            + (", kept weights rescaled by 1/(1 - ratio)" if options.mask_rescale else "") + ", "
             f"Adam moments: {options.optimizer_state}); DTS gate initialised"
         )
 

@@ -37,12 +37,17 @@ class RoutingDecision:
             training loss (None when the router has none in its current phase).
         logged_losses: detached scalars for the logs, e.g. ``{"balance": ..., "distill": ...}``
             (each already multiplied by its coefficient).
+        gate: ``[T, E]`` the full distribution over experts the routing was chosen from (Switch's
+            and GShard's softmax, DTS's g' at the current tau, DSelect-k's weights), for
+            diagnostics (gate entropy, top-1/top-2 margin); None for routers without one (BASE,
+            Hash, StableMoE).
     """
 
     probs: torch.Tensor
     routing_map: torch.Tensor
     aux_loss: Optional[torch.Tensor] = None
     logged_losses: Dict[str, torch.Tensor] = field(default_factory=dict)
+    gate: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Where metrics go: the console, TensorBoard (``--tensorboard-dir``) and JSONL (``--log-json``).
 
 Only global rank 0 writes. A JSONL record holds scalars and per-MoE-layer lists; TensorBoard gets
-the scalars and, per MoE layer, the list entries as ``name/layer_k``.
+the scalars, per MoE layer the list entries as ``name/layer_k``, and the numbers of nested dicts as
+``name/key/...`` (``phase_flops/top1``, ``loss_jump/T_S/eval_loss_jump``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers_in(nested: Dict[str, Any], prefix: str):
+    """``(prefix/key/..., number)`` for the numbers of nested dicts (e.g. ``loss_jump/T_S/eval_loss_jump``);
+    lists inside dicts (the routing probe's per-token data) are not scalars and are left out."""
+    for key, value in nested.items():
+        if _is_number(value):
+            yield f"{prefix}/{key}", value
+        elif isinstance(value, dict):
+            yield from _numbers_in(value, f"{prefix}/{key}")
 
 
 class MetricsWriter:
@@ -56,11 +71,14 @@ class MetricsWriter:
             for key, value in record.items():
                 if key == "iteration":
                     continue
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if _is_number(value):
                     self.tb.add_scalar(key, value, step)
-                elif isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+                elif isinstance(value, list) and value and all(_is_number(v) for v in value):
                     for layer, v in enumerate(value):
                         self.tb.add_scalar(f"{key}/layer_{layer}", v, step)
+                elif isinstance(value, dict):
+                    for tag, v in _numbers_in(value, key):
+                        self.tb.add_scalar(tag, v, step)
             self.tb.flush()
 
     def print(self, line: str) -> None:

@@ -38,6 +38,7 @@ from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.megatron_lm_args import megatron_lm_common
+from megatron_evomoe.training.moe_diagnostics import build_moe_diagnostics, without_rng_side_effects
 from megatron_evomoe.training.optimizer import LRScheduler, StepOutcome, build_optimizer, optimizer_step
 from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_probe import build_routing_probe
@@ -361,6 +362,21 @@ def evaluate_as_served(session: TrainingSession, task: Task, valid_dataset: Data
     return {"val_served_loss": result["val_loss"], "val_served_ppl": result["val_ppl"]}
 
 
+def validation_loss(session: TrainingSession, task: Task, valid_dataset, interval: "IntervalLog"):
+    """``() -> validation loss`` for measurements outside the evaluation schedule (None without
+    validation data): its time is not training throughput, and it leaves the RNG as it found it."""
+    if valid_dataset is None or session.run.training.eval_iters <= 0:
+        return None
+
+    def loss() -> float:
+        start = time.time()
+        value = evaluate(session, task, valid_dataset)["val_loss"]
+        interval.start += time.time() - start
+        return value
+
+    return without_rng_side_effects(loss)
+
+
 # ------------------------------------------------------------------------------------- logging
 class IntervalLog:
     """Accumulates what happens between two log lines."""
@@ -483,6 +499,9 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
     probe = build_routing_probe(run, valid_ds)  # None unless --log-routing-probe N
     loss_names = router_class(run.model.moe_router.router_type).LOSS_NAMES if run.model.num_moe_experts else ()
     interval = IntervalLog()
+    diagnostics = build_moe_diagnostics(  # None unless --log-moe-diagnostics
+        run, session.controller, validation_loss(session, task, valid_ds, interval)
+    )
     consecutive_skips = 0
     for chunk in session.model:
         chunk.train()
@@ -492,9 +511,15 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
         print_rank0(schedule_line)
     while state.iteration < training.train_iters:
         iteration = state.iteration
+        if diagnostics is not None:
+            diagnostics.jumps.before_transition(iteration, session.model)
         for event in session.controller.before_step(iteration, session.model, session.optimizer):
             print_rank0(f"iteration {iteration}: {event}")
+        if diagnostics is not None:
+            diagnostics.jumps.after_transition(iteration)
         means, grad_norm, applied = train_step(session, task, train_iter)
+        if diagnostics is not None:
+            diagnostics.jumps.observe(iteration, means.get(task.main_metric.replace(" ", "_"), float("nan")))
         routing = collect_step_routing(
             session.model, run.model, loss_names, run.data_parallel_size * run.num_microbatches
         )
@@ -527,9 +552,13 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
                 # Evaluation is not training throughput; the interval's steps, metrics and FLOPs
                 # still count towards the next log line.
                 interval.start += time.time() - eval_start
-        if probe is not None and record is not None and "lr" in record:
+        if (probe is not None or diagnostics is not None) and record is not None and "lr" in record:
             probe_start = time.time()
-            record["routing_probe"] = probe.collect(session, task)
+            probed = probe.route(session, task) if probe is not None else None
+            if probed is not None:
+                record["routing_probe"] = probed.record_entry()
+            if diagnostics is not None:
+                record.update(diagnostics.log_entries(session.model, state.iteration, probed))
             interval.start += time.time() - probe_start  # not training throughput
         if record is not None:
             writer.write(record)

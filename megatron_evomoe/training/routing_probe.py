@@ -13,6 +13,8 @@ gets::
 ``experts`` is the expert with the largest gate weight among those the token visits (-1: none,
 which is every token while EvoMoE trains its shared expert: the router does not run then);
 ``num_experts`` how many it visits (DTS: 0..E). It is the router's decision before capacity dropping.
+:meth:`RoutingProbe.route` also returns each token's gate entropy and top-1/top-2 margin (from the
+router's full gate, ``RoutingDecision.gate``), which ``--log-moe-diagnostics`` averages.
 
 Hot path: with N = 0 (default) nothing here is built or called. With N > 0 the probe runs only at
 log iterations, in eval mode (no dropout, no gumbel noise, no routing statistics recorded), under
@@ -22,6 +24,7 @@ a forked RNG, so the training trajectory is the same with and without it (tested
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -43,6 +46,36 @@ def build_routing_probe(run, valid_dataset) -> Optional["RoutingProbe"]:
     return RoutingProbe(run, valid_dataset, num_tokens)
 
 
+def gate_entropy_and_margin(gate: torch.Tensor) -> torch.Tensor:
+    """``[2, T]``: per token the entropy -sum_i p_i ln p_i (nats) of the gate normalised to sum 1,
+    and the margin p_(1) - p_(2) between its two largest weights (p_(2) = 0 with one expert)."""
+    p = gate.float()
+    p = p / p.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    entropy = -torch.special.xlogy(p, p).sum(dim=-1)
+    top = p.topk(min(2, p.shape[-1]), dim=-1).values
+    second = top[:, 1] if top.shape[-1] > 1 else torch.zeros_like(top[:, 0])
+    return torch.stack([entropy, top[:, 0] - second])
+
+
+@dataclass
+class ProbeResult:
+    """One probe pass, in reading order, per MoE layer (``[layer][token]``).
+
+    ``gate_entropy`` / ``gate_margin`` are NaN for tokens whose router has no gate distribution (or
+    did not run).
+    """
+
+    token_ids: List[int]
+    experts: List[List[int]]
+    num_experts: List[List[int]]
+    gate_entropy: List[List[float]]
+    gate_margin: List[List[float]]
+
+    def record_entry(self) -> Dict[str, list]:
+        """The ``routing_probe`` entry of the log record (per-token decisions only)."""
+        return {"token_ids": self.token_ids, "experts": self.experts, "num_experts": self.num_experts}
+
+
 class RoutingProbe:
     """Routes a fixed validation batch and reports the per-token decisions of every MoE layer."""
 
@@ -60,8 +93,8 @@ class RoutingProbe:
         self.token_ids: List[int] = self.batch["tokens"].reshape(-1)[:num_tokens].tolist()
         self.layer_index = moe_layer_index(run.model)
 
-    def collect(self, session, task) -> Dict[str, list]:
-        """Run the probe batch through ``session.model`` (all ranks) and return the record entry."""
+    def route(self, session, task) -> ProbeResult:
+        """Run the probe batch through ``session.model`` (all ranks) and return every token's routing."""
         captured: Dict[int, torch.Tensor] = {}
         hooks = [
             layer.router.register_forward_hook(self._hook(captured, layer.layer_number))
@@ -87,7 +120,12 @@ class RoutingProbe:
             none = torch.full((routed.shape[0],), -1, dtype=torch.long, device=routed.device)
             weights = decision.probs.float().masked_fill(~routed, float("-inf"))
             top = torch.where(routed.any(dim=1), weights.argmax(dim=1), none)
-            captured[layer_number] = torch.stack([top, routed.sum(dim=1)]).cpu()  # [2, tokens of this rank]
+            if decision.gate is None:
+                gate_stats = torch.full((2, routed.shape[0]), float("nan"), device=routed.device)
+            else:
+                gate_stats = gate_entropy_and_margin(decision.gate)
+            rows = [top.double(), routed.sum(dim=1).double(), *gate_stats.double()]
+            captured[layer_number] = torch.stack(rows).cpu()  # [4, tokens of this rank]
 
         return record
 
@@ -112,7 +150,7 @@ class RoutingProbe:
         )
 
     def _gather(self, captured: Dict[int, torch.Tensor]) -> Dict[int, List[tuple]]:
-        """``{moe layer index: [(tp rank, [2, s_local * b]) ...]}`` from data-parallel rank 0 of every
+        """``{moe layer index: [(tp rank, [4, s_local * b]) ...]}`` from data-parallel rank 0 of every
         stage (other data-parallel ranks routed the same tokens)."""
         mine = {}
         if parallel_state.get_data_parallel_rank() == 0:
@@ -128,20 +166,27 @@ class RoutingProbe:
                 merged.setdefault(layer, []).extend(pieces)
         return merged
 
-    def _assemble(self, merged: Dict[int, List[tuple]]) -> Dict[str, list]:
+    def _assemble(self, merged: Dict[int, List[tuple]]) -> ProbeResult:
         """Undo megatron's ``[s, b]`` token order (and the sequence split over TP ranks) to reading
         order, keep the first N tokens."""
         b = self.batch["tokens"].shape[0]
-        experts, counts = [], []
+        n = self.num_tokens
+        experts, counts, entropy, margin = [], [], [], []
         for layer in range(len(self.layer_index)):
             pieces = sorted(merged.get(layer, []), key=lambda piece: piece[0])
             if not pieces:  # no router ran (EvoMoE's shared-expert phase)
-                experts.append([-1] * self.num_tokens)
-                counts.append([0] * self.num_tokens)
+                experts.append([-1] * n)
+                counts.append([0] * n)
+                entropy.append([float("nan")] * n)
+                margin.append([float("nan")] * n)
                 continue
             # MoE with TP needs sequence parallelism: TP rank r routed the r-th slice of the sequence.
-            table = torch.cat([torch.tensor(data) for _, data in pieces], dim=1)  # [2, s * b]
-            table = table.view(2, -1, b).transpose(1, 2).reshape(2, -1)[:, : self.num_tokens]
-            experts.append(table[0].tolist())
-            counts.append(table[1].tolist())
-        return {"token_ids": self.token_ids, "experts": experts, "num_experts": counts}
+            table = torch.cat([torch.tensor(data, dtype=torch.float64) for _, data in pieces], dim=1)  # [rows, s * b]
+            rows = table.shape[0]
+            table = table.view(rows, -1, b).transpose(1, 2).reshape(rows, -1)[:, :n]
+            experts.append(table[0].long().tolist())
+            counts.append(table[1].long().tolist())
+            gate = table[2:4] if rows >= 4 else torch.full((2, table.shape[1]), float("nan"), dtype=torch.float64)
+            entropy.append(gate[0].tolist())
+            margin.append(gate[1].tolist())
+        return ProbeResult(self.token_ids, experts, counts, entropy, margin)

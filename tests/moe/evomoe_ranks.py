@@ -13,21 +13,40 @@ from megatron_evomoe.training.loop import pretrain, setup_session
 from tests.tiny import tiny_gpt_task, tiny_run
 
 
-def spawned_expert_weights(flags: list[str]) -> dict:
-    """Diversify a fresh tiny model; return {(layer, global expert): (fc1, fc2)} of this rank."""
+def _diversified(flags: list[str], report):
+    """``report(session, run)`` of a fresh tiny model right after diversify."""
     run = tiny_run(*flags)
     initialize.initialize(run.layout, run.training.seed)
     try:
         session = setup_session(run, tiny_gpt_task())
         session.controller.diversify(session.model, session.optimizer)
-        result = {}
-        for layer in moe_layers(session.model):
-            for local, global_index in enumerate(layer.local_expert_indices):
-                fc1, fc2 = expert_weights(layer.experts, local)
-                result[(layer.layer_number, global_index)] = (fc1.detach().clone(), fc2.detach().clone())
-        return result
+        return report(session, run)
     finally:
         initialize.shutdown()
+
+
+def _local_expert_weights(session) -> dict:
+    result = {}
+    for layer in moe_layers(session.model):
+        for local, global_index in enumerate(layer.local_expert_indices):
+            fc1, fc2 = expert_weights(layer.experts, local)
+            result[(layer.layer_number, global_index)] = (fc1.detach().clone(), fc2.detach().clone())
+    return result
+
+
+def spawned_expert_weights(flags: list[str]) -> dict:
+    """Diversify a fresh tiny model; return {(layer, global expert): (fc1, fc2)} of this rank."""
+    return _diversified(flags, lambda session, run: _local_expert_weights(session))
+
+
+def spawned_experts_and_similarity(flags: list[str]) -> tuple:
+    """Diversify a fresh tiny model; (the logged expert similarity per MoE layer, this rank's
+    {(layer, global expert): (fc1, fc2) shards})."""
+    from megatron_evomoe.training.moe_diagnostics import expert_similarity
+
+    return _diversified(
+        flags, lambda session, run: (expert_similarity(session.model, run.model), _local_expert_weights(session))
+    )
 
 
 def losses_of_run(flags: list[str], log_path: str) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megatron_evomoe.config import EvoMoEOptions
-from megatron_evomoe.moe.diversify import expert_masks, expert_weights
+from megatron_evomoe.moe.diversify import expert_masks, expert_weights, rescale_factors
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.router import RoutingState
 from megatron_evomoe.training.loop import setup_session, train_step
@@ -145,3 +145,49 @@ def test_distributed_optimizer_shards_follow_the_spawned_weights():
     assert all(count > 0 for count in checked)  # each rank owns part of the rewritten weights
     with pytest.raises(ValueError, match="masked_copy needs the full optimizer state"):
         tiny_run(*flags, "--evomoe-optimizer-state", "masked_copy")
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_rescaled_masks_keep_the_expected_output_of_a_masked_linear_layer(rescale):
+    """E over masks of (m * W * s) x with the code's factor s = W x with the rescale (s = 1/(1 - r)),
+    (1 - r) W x without. Monte Carlo over 400 independent masks of one fc1, against a 5-sigma band."""
+    r, num_masks = 0.3, 400
+    options = EvoMoEOptions(mask_ratio=r, mask_rescale=rescale)
+    gen = torch.Generator().manual_seed(3)
+    weight, x = torch.randn(64, 32, generator=gen, dtype=torch.float64), torch.randn(32, generator=gen, dtype=torch.float64)
+    scale = rescale_factors(options)[0]
+    outputs = torch.stack([(weight * expert_masks(64, 32, options, 1, 1, e)[0] * scale) @ x for e in range(num_masks)])
+    expected = weight @ x * (1.0 if rescale else 1 - r)
+    # Each output element averages independent terms w_jk x_k m_jk scale: its std over masks is
+    # scale * sqrt(r (1 - r) sum_k (w_jk x_k)^2).
+    sigma = scale * torch.sqrt(r * (1 - r) * ((weight * x) ** 2).sum(dim=1)) / num_masks**0.5
+    assert torch.all((outputs.mean(dim=0) - expected).abs() < 5 * sigma)
+    other = weight @ x * ((1 - r) if rescale else 1.0)  # the other hypothesis is far outside the band
+    assert (outputs.mean(dim=0) - other).abs().max() > 5 * sigma.max()
+
+
+@pytest.mark.parametrize("granularity", ["element", "neuron"])
+def test_mask_rescale_divides_the_kept_weights_by_hand(granularity, megatron_world_of_one):
+    """--evomoe-mask-rescale: element masks scale fc1 and fc2 by 1/(1 - r); neuron masks only fc2, so
+    a spawned expert's output is exactly sum over kept units of fc2[:, j] / (1 - r) gelu(fc1[j] x)."""
+    r = 0.25
+    run = tiny_run(*DTS, "--evomoe-mask-ratio", str(r), "--evomoe-mask-granularity", granularity,
+                   "--evomoe-mask-rescale")
+    session = setup_session(run, tiny_gpt_task())
+    session.controller.diversify(session.model, session.optimizer)
+    layer = moe_layers(session.model)[0]
+    shared1, shared2 = layer.shared_expert.linear_fc1.weight, layer.shared_expert.linear_fc2.weight
+    for local, global_index in enumerate(layer.local_expert_indices):
+        fc1, fc2 = expert_weights(layer.experts, local)
+        mask1, mask2 = expert_masks(64, 32, run.model.evomoe, 7, layer.layer_number, global_index)
+        fc1_scale = 1 / (1 - r) if granularity == "element" else 1.0
+        assert torch.allclose(fc1, shared1 * mask1 * fc1_scale, rtol=1e-6, atol=0)
+        assert torch.allclose(fc2, shared2 * mask2 / (1 - r), rtol=1e-6, atol=0)
+        assert torch.equal(optimizer_copy(session.optimizer, fc2).main, fc2)  # the master copy follows
+    if granularity == "neuron":
+        x = torch.randn(5, 32)
+        kept = mask1[:, 0]
+        by_hand = torch.nn.functional.gelu(x @ shared1[kept].t()) @ (shared2[:, kept] / (1 - r)).t()
+        with torch.no_grad():
+            output, _ = layer.experts.local_experts[local](x)
+        assert torch.allclose(output, by_hand, atol=1e-5)

@@ -7,8 +7,8 @@ from megatron_evomoe.training.loop import pretrain
 from tests.tiny import tiny_gpt_task, tiny_run
 
 
-def train_and_report(flags: list[str]) -> dict:
-    """Train the tiny GPT-MoE with ``flags``; report per-iteration loss and grad norm (rank 0)."""
+def logged_records(flags: list[str]) -> list:
+    """Train the tiny GPT-MoE with ``flags``; its log records on rank 0 (other ranks: [])."""
     import json
     import os
     import tempfile
@@ -21,8 +21,15 @@ def train_and_report(flags: list[str]) -> dict:
     finally:
         initialize.shutdown()
     if int(os.environ.get("RANK", "0")) != 0:
+        return []
+    return [json.loads(line) for line in open(log)]
+
+
+def train_and_report(flags: list[str]) -> dict:
+    """Train the tiny GPT-MoE with ``flags``; report per-iteration loss and grad norm (rank 0)."""
+    records = logged_records(flags)
+    if not records:
         return {}
-    records = [json.loads(line) for line in open(log)]
     return {
         "lm_loss": [r["lm_loss"] for r in records],
         "grad_norm": [r["grad_norm"] for r in records],

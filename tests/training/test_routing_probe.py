@@ -1,30 +1,18 @@
 """--log-routing-probe: the per-token routing record, its token order, and an unchanged trajectory."""
 
-import json
-
 import pytest
 import torch
-from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-from megatron_evomoe import initialize
-from megatron_evomoe.training.loop import pretrain
 from megatron_evomoe.training.routing_probe import RoutingProbe
-from tests.tiny import SyntheticGPTData, tiny_gpt_task, tiny_run
+from tests.tiny import SyntheticGPTData
 
 EVOMOE = ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "2", "--dts-anneal-iters", "2",
           "--train-iters", "6", "--log-interval", "2", "--hidden-dropout", "0.1"]
 
 
 @pytest.fixture
-def train(tmp_path, megatron_world_of_one):
-    def run(*extra):
-        log = str(tmp_path / f"log{len(list(tmp_path.iterdir()))}.jsonl")
-        initialize.set_seeds(7)  # same RNG stream for both runs of a comparison
-        pretrain(tiny_run(*EVOMOE, "--log-json", log, *extra), tiny_gpt_task())
-        return [json.loads(line) for line in open(log)]
-
-    yield run
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None  # megatron class state: do not leak to other tests
+def train(train_in_process):
+    return lambda *extra: train_in_process(*EVOMOE, *extra)
 
 
 def test_the_probe_logs_every_tokens_expert_and_leaves_training_unchanged(train):
@@ -58,4 +46,8 @@ def test_tokens_are_put_back_in_reading_order_across_sequence_parallel_shards():
     tags = torch.arange(b * s).view(b, s).t()  # [s, b] as megatron holds them
     shards = [(rank, torch.stack([tags[2 * rank:2 * rank + 2].reshape(-1)] * 2).tolist()) for rank in (1, 0)]
     record = probe._assemble({0: shards})
-    assert record["experts"] == [[0, 1, 2, 3, 4, 5, 6]]
+    assert record.experts == [[0, 1, 2, 3, 4, 5, 6]]
+    # The gate statistics (rows 2 and 3 of the hook's table) travel the same way.
+    shards = [(rank, torch.stack([tags[2 * rank:2 * rank + 2].reshape(-1).double()] * 4).tolist()) for rank in (1, 0)]
+    record = probe._assemble({0: shards})
+    assert record.gate_entropy == record.gate_margin == [[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]

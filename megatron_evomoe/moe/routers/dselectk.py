@@ -143,7 +143,7 @@ class DSelectKRouter(Router):
         selector_logits = F.linear(x, self.selector_weight.float(), self.selector_bias.float())  # [T, k]
         weights, r = dselect_weights(z, selector_logits, self.codes, self.gamma)  # [T, E], [T, k, E]
         routing_map = weights > 0
-        decision = RoutingDecision(probs=weights, routing_map=routing_map)
+        decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=weights)
         if self.training:
             num_tokens = self.sequence_token_count(x.shape[0], x.device)
             losses = {}

@@ -74,6 +74,6 @@ class DTSRouter(Router):
             probs, routing_map = top1_routing(gate)
         else:
             gate, probs, routing_map = dts_gate(logits, state.temperature, self.evomoe.dts_threshold, noise)
-        decision = RoutingDecision(probs=probs, routing_map=routing_map)
+        decision = RoutingDecision(probs=probs, routing_map=routing_map, gate=gate)
         self.add_balance_loss(decision, gate, routing_map)  # eq. 10: count_i = tokens with g_i > 0
         return decision

@@ -66,6 +66,6 @@ class GShardRouter(Router):
         if self.training and self.options.gshard_random_routing:
             draw = torch.rand(probs.shape[0], device=probs.device, dtype=probs.dtype)
         weights, routing_map, first_map = top2_gating(probs, draw)
-        decision = RoutingDecision(probs=weights, routing_map=routing_map)
+        decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, first_map)  # c_e: first choices only
         return decision

@@ -67,6 +67,6 @@ class SwitchRouter(Router):
         logits = fp32_gate_logits(hidden, self.weight, jitter)
         probs = torch.softmax(logits, dim=-1)  # [T, E]
         weights, routing_map = top1_routing(probs)
-        decision = RoutingDecision(probs=weights, routing_map=routing_map)
+        decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, routing_map)  # f_i: top-1 choices
         return decision
