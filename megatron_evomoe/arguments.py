@@ -20,7 +20,7 @@ from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig
 
 from megatron_evomoe.bert_arguments import BertOptions, bert_options_from_args
-from megatron_evomoe.config import DispatchOptions, LRScheduleConfig, ModelConfig, TrainingConfig
+from megatron_evomoe.config import DispatchOptions, LRScheduleConfig, ModelConfig, TrainingConfig, default_grouped_gemm
 from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
 from megatron_evomoe.data.gpt_dataset import GPTDataConfig, data_config_from_args, gives_data_path
 from megatron_evomoe.device import device_is_cuda, use_transformer_engine
@@ -113,7 +113,11 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
         "--moe-expert-capacity-factor", type=float, default=None, help="None: dropless (default)"
     )
     g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs")
-    g.add_argument("--moe-grouped-gemm", action="store_true", help="grouped GEMM experts (GPU with TE)")
+    g.add_argument(
+        "--moe-grouped-gemm", action=argparse.BooleanOptionalAction, default=None,
+        help="all local experts in grouped GEMMs (TE on GPU, else torch._grouped_mm); default: on for "
+        "fp32 on the CPU, where it measured faster than the per-expert loop, else off (docs/measurement.md)",
+    )
     g.add_argument(
         "--moe-token-dispatcher-type", choices=available_dispatchers(), default="allgather",
         help="how tokens reach expert-parallel ranks",
@@ -435,7 +439,9 @@ def _megatron_model_config(args: argparse.Namespace, vocab_size: int, router, di
         moe_aux_loss_coeff=0.0,  # ours lives in moe_router.aux_loss_coeff
         moe_expert_capacity_factor=args.moe_expert_capacity_factor,
         moe_token_drop_policy=args.moe_token_drop_policy,
-        moe_grouped_gemm=args.moe_grouped_gemm,
+        moe_grouped_gemm=(
+            default_grouped_gemm(on_gpu, args.bf16 or args.fp16) if args.moe_grouped_gemm is None else args.moe_grouped_gemm
+        ),
         moe_router_type=args.moe_router_type,
         moe_router=router,
         moe_dispatch=dispatch,

@@ -14,7 +14,7 @@ from megatron_evomoe.moe.routers import available_routers
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "megatron_evomoe"
 
-COMPAT_USERS = {"initialize", "training.optimizer", "training.data_loading", "models.bert"}
+COMPAT_USERS = {"initialize", "training.optimizer", "training.data_loading", "models.bert", "analysis.megatron_moe"}
 """The modules that adapt a megatron-core assumption through compat (device questions: device.py)."""
 
 LEAVES = {"errors", "seeding", "device", "config_flags"}

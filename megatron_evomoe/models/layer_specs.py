@@ -32,7 +32,7 @@ from megatron.core.transformer.transformer_layer import (
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.models.attention import SDPACoreAttention
 from megatron_evomoe.models.norm import LayerNorm
-from megatron_evomoe.moe.experts import OutputScaledSequentialMLP
+from megatron_evomoe.moe.experts import GroupedGemmExperts, OutputScaledSequentialMLP
 from megatron_evomoe.moe.layer import MoELayer
 from megatron_evomoe.moe.routers import router_class
 
@@ -71,8 +71,9 @@ def moe_mlp_spec(config: ModelConfig, use_te: bool) -> ModuleSpec:
         bool(config.moe_grouped_gemm and use_te), False
     )
     if expert_module is SequentialMLP:
-        # Same experts, gate weight applied to their [m, h] outputs: less work and activation memory.
-        expert_module = OutputScaledSequentialMLP
+        # Same experts, gate weight applied to their [m, h] outputs: less work and activation memory;
+        # with --moe-grouped-gemm (no TE) all experts in two torch._grouped_mm calls.
+        expert_module = GroupedGemmExperts if config.moe_grouped_gemm else OutputScaledSequentialMLP
     experts = ModuleSpec(module=expert_module, submodules=expert_submodules)
     shared = None
     if config.moe_router.needs_shared_expert():

@@ -32,6 +32,7 @@ from megatron_evomoe.moe.capacity import apply_capacity, expert_capacity
 from megatron_evomoe.moe.dispatch.base import build_dispatcher
 from megatron_evomoe.moe.dispatch.replay import REPLAY, recompute_phase
 from megatron_evomoe.moe.recompute import SEGMENTS, MoERecompute, moe_recompute_scope
+from megatron_evomoe.moe.regather import regather_on_backward
 from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.stats import RoutingStats
 from megatron_evomoe.moe.token_ids import routing_token_ids
@@ -111,7 +112,8 @@ class MoELayer(MegatronModule):
             token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)
         probs, routing_map, num_selected, aux_loss, logged_losses = self.recompute(self._route, tokens, token_ids)
         expert_input, tokens_per_expert, expert_probs = self.dispatcher.dispatch(tokens, probs, routing_map)
-        expert_output = self.recompute(self._compute_experts, expert_input, tokens_per_expert, expert_probs)
+        with regather_on_backward(expert_input, self.dispatcher.local_gather()):
+            expert_output = self.recompute(self._compute_experts, expert_input, tokens_per_expert, expert_probs)
         output = self.dispatcher.combine(expert_output).to(hidden_states.dtype)
         if aux_loss is not None:
             output = MoEAuxLossAutoScaler.apply(output, aux_loss)

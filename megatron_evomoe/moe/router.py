@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -163,7 +163,7 @@ class Router(MegatronModule, ABC):
 
     def gate_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """fp32 router logits ``[T, E]`` = hidden @ weight^T (routing decisions are precision sensitive)."""
-        return F.linear(hidden.float(), weight.float())
+        return fp32_gate_logits(hidden, weight)
 
     def new_gate_weight(self, rows: Optional[int] = None) -> torch.nn.Parameter:
         """A ``[rows or E, h]`` gate matrix, initialised like megatron's router.
@@ -183,6 +183,43 @@ def orthogonal_centroids(tensor: torch.Tensor) -> None:
     """fairseq's BASE-layer init of expert centroids (also StableMoE's): orthogonal rows, gain 0.1,
     so experts start in distinct directions with small scores."""
     torch.nn.init.orthogonal_(tensor, gain=0.1)
+
+
+class _GateLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, input_noise):
+        router_input = hidden.float()
+        if input_noise is not None:
+            router_input = router_input * input_noise(hidden).float()
+        ctx.input_noise = input_noise
+        ctx.save_for_backward(hidden, weight)
+        return F.linear(router_input, weight.float())
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        hidden, weight = ctx.saved_tensors
+        noise = ctx.input_noise(hidden).float() if ctx.input_noise is not None else None
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = grad_logits @ weight.float()
+            grad_hidden = (grad_hidden * noise if noise is not None else grad_hidden).to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            router_input = hidden.float() if noise is None else hidden.float() * noise
+            grad_weight = (grad_logits.t() @ router_input).to(weight.dtype)
+        return grad_hidden, grad_weight, None
+
+
+def fp32_gate_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, input_noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+) -> torch.Tensor:
+    """fp32 ``(hidden * noise) @ weight^T`` ``[T, E]`` that keeps ``hidden`` for backward as it is.
+
+    Autograd would keep the fp32 router input instead: a second ``[T, h]`` copy of the tokens in
+    bf16 training, and, with input noise, a jittered copy in any precision, while the MoE layer
+    keeps ``hidden`` anyway. ``input_noise(hidden)`` (multiplicative, e.g. Switch's jitter) must
+    return the same tensor each time it is called: backward calls it again instead of keeping it.
+    """
+    return _GateLogits.apply(hidden, weight, input_noise)
 
 
 def mark_sequence_parallel(module: torch.nn.Module, sequence_parallel: bool) -> None:

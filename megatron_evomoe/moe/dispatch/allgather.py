@@ -36,11 +36,19 @@ class AllGatherDispatcher(TokenDispatcher):
         token_index, expert_index, tokens_per_expert = pairs_by_expert(local_map)
         self._token_index = token_index
         self._num_gathered = hidden.shape[0]
+        # Without a gather the rows come from this rank's own tokens, which the router keeps.
+        self._local_source = hidden if self._group_size == 1 else None
         expert_input = hidden.index_select(0, token_index)
         expert_probs = local_probs[token_index, expert_index]
         return expert_input, tokens_per_expert.cpu(), expert_probs
 
+    def local_gather(self):
+        if self._local_source is None:
+            return None
+        return self._local_source, self._token_index
+
     def combine(self, expert_output):
+        self._local_source = None
         output = scatter_add_rows(expert_output, self._token_index, self._num_gathered)
         if self._group_size > 1:
             output = reduce_scatter_to_sequence_parallel_region(output, group=self.tp_ep_group)

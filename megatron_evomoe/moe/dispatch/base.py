@@ -35,10 +35,23 @@ def pairs_by_expert(routing_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return token_index, expert_index, tokens_per_expert
 
 
+class _ScatterAddRows(torch.autograd.Function):
+    """``index_add`` into zeros whose backward keeps only the index (torch's keeps ``rows`` too)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, index: torch.Tensor, num_rows: int) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        return rows.new_zeros((num_rows, rows.shape[-1])).index_add_(0, index, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
+
 def scatter_add_rows(rows: torch.Tensor, index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``out[index[m]] += rows[m]`` into ``num_rows`` zero rows (autograd-friendly un-permute)."""
-    out = rows.new_zeros((num_rows, rows.shape[-1]))
-    return out.index_add(0, index, rows)
+    return _ScatterAddRows.apply(rows, index, num_rows)
 
 
 class TokenDispatcher(ABC):
@@ -68,6 +81,12 @@ class TokenDispatcher(ABC):
     @abstractmethod
     def combine(self, expert_output: torch.Tensor) -> torch.Tensor:
         """Bring expert outputs back to the tokens' ranks and sum per token."""
+
+    def local_gather(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """``(source [T, h], index [M])`` when the last ``dispatch`` built ``expert_input`` as
+        ``source.index_select(0, index)`` without communication, else None. The layer then lets
+        backward gather the rows again instead of keeping them (``moe/regather.py``)."""
+        return None
 
     @property
     def first_local_expert(self) -> int:

@@ -13,15 +13,15 @@ token dropping are applied by the MoE layer with k = 1; dropped tokens pass thro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from megatron_evomoe.config_flags import flag
 from megatron_evomoe.errors import InputError
-from megatron_evomoe.moe.router import Router, RoutingDecision
+from megatron_evomoe.moe.router import Router, RoutingDecision, fp32_gate_logits
 from megatron_evomoe.moe.router_config import RouterConfig
 
 SWITCH_JITTER_EPS = 1e-2
@@ -36,10 +36,22 @@ def top1_routing(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs * routing_map, routing_map
 
 
+def _draw_seed() -> int:
+    """A seed from the default CPU generator (restored by activation recomputation)."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def jitter_noise(like: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """fp32 ``U(1 - eps, 1 + eps)`` shaped like ``like``, from a generator seeded with ``seed``."""
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.empty(like.shape, dtype=torch.float32, device=like.device).uniform_(
+        1.0 - eps, 1.0 + eps, generator=generator
+    )
+
+
 def multiplicative_jitter(router_input: torch.Tensor, eps: float) -> torch.Tensor:
     """``x * U(1 - eps, 1 + eps)`` elementwise (Switch sec. 2.4)."""
-    noise = torch.empty_like(router_input).uniform_(1.0 - eps, 1.0 + eps)
-    return router_input * noise
+    return router_input * jitter_noise(router_input, eps, _draw_seed())
 
 
 class SwitchRouter(Router):
@@ -67,10 +79,12 @@ class SwitchRouter(Router):
         self.weight = self.new_gate_weight()
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
-        router_input = hidden.float()  # [T, h]; fp32 before the jitter so bf16 does not round it away
+        jitter = None
         if self.training and self.options.jitter_eps > 0:
-            router_input = multiplicative_jitter(router_input, self.options.jitter_eps)
-        probs = torch.softmax(F.linear(router_input, self.weight.float()), dim=-1)  # [T, E]
+            # Drawn in fp32 (bf16 would round it away); backward draws it again from the seed.
+            jitter = functools.partial(jitter_noise, eps=self.options.jitter_eps, seed=_draw_seed())
+        logits = fp32_gate_logits(hidden, self.weight, jitter)
+        probs = torch.softmax(logits, dim=-1)  # [T, E]
         weights, routing_map = top1_routing(probs)
         decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, routing_map)  # f_i: top-1 choices
