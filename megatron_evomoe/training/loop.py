@@ -500,7 +500,7 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
                                 training.num_workers)
     writer = MetricsWriter(training.tensorboard_dir, training.log_json)
     probe = build_routing_probe(run, valid_ds)  # None unless --log-routing-probe N
-    loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
+    loss_names = router_class(run.model.moe_router_type).loss_names(run.model) if run.model.num_moe_experts else ()
     interval = IntervalLog()
     diagnostics = build_moe_diagnostics(  # None unless --log-moe-diagnostics
         run, session.controller, validation_loss(session, task, valid_ds, interval)

@@ -76,6 +76,7 @@ class BaseRouter(Router):
         """Cap on bidding rounds; afterwards the remaining tokens fill free slots greedily."""
 
         TOPK_CHOICES = (1,)
+        ROUTER_LOGITS = True  # the token-expert scores h . w_e
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -108,4 +109,6 @@ class BaseRouter(Router):
             expert = scores.detach().argmax(dim=-1)
         routing_map = F.one_hot(expert, self.num_experts).bool()  # [T, E]
         gate = torch.sigmoid(scores.gather(1, expert.unsqueeze(1)))  # [T, 1]
-        return RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
+        decision = RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
+        self.add_z_loss(decision, scores)
+        return decision

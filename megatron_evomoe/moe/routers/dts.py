@@ -91,6 +91,9 @@ class DTSRouter(Router):
         dts_top1_noise: bool = False
         """Keep gumbel noise in training after T_D, as Algorithm 2 does (off by default: docs/routers.md)."""
 
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True  # x W_g, before the Gumbel noise and the temperature
+
         def __post_init__(self) -> None:
             super().__post_init__()
             for name, value in (
@@ -235,4 +238,5 @@ class DTSRouter(Router):
             gate, probs, routing_map = dts_gate(logits, state.temperature, self.options.dts_threshold, noise)
         decision = RoutingDecision(probs=probs, routing_map=routing_map, gate=gate)
         self.add_balance_loss(decision, gate, routing_map)  # eq. 10: count_i = tokens with g_i > 0
+        self.add_z_loss(decision, logits)  # the learned logits: tau and zeta are the schedule's
         return decision

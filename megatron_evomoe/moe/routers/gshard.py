@@ -65,6 +65,8 @@ class GShardRouter(Router):
         Algorithm 1; on by default, --no-gshard-random-routing: always both experts)."""
 
         TOPK_CHOICES = (2,)
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True
 
     LOSS_NAMES = ("balance",)
 
@@ -75,11 +77,13 @@ class GShardRouter(Router):
         self.weight = self.new_gate_weight()
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
-        probs = torch.softmax(self.gate_logits(hidden, self.weight), dim=-1)  # [T, E]
+        logits = self.gate_logits(hidden, self.weight)  # [T, E]
+        probs = torch.softmax(logits, dim=-1)
         draw = None
         if self.training and self.options.gshard_random_routing:
             draw = torch.rand(probs.shape[0], device=probs.device, dtype=probs.dtype)
         weights, routing_map, first_map = top2_gating(probs, draw)
         decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, first_map)  # c_e: first choices only
+        self.add_z_loss(decision, logits)
         return decision

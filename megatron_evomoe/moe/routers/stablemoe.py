@@ -94,6 +94,8 @@ class StableMoERouter(Router):
         """Dimension of the distilled router's word embedding."""
 
         TOPK_CHOICES = (1,)
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True  # the backbone centroid scores s_{t,i}
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -191,17 +193,18 @@ class StableMoERouter(Router):
         decision = RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
         if self.training and not self.in_stage2:
             self._stage1_losses(decision, gate, expert, token_ids)
+        self.add_z_loss(decision, scores)  # both stages: the backbone centroids keep training
         return decision
 
     def _stage1_losses(self, decision, gate, expert, token_ids) -> None:
         """Balance (eq. 4) and distillation (eq. 6); per-rank partial sums under sequence parallelism."""
         options = self.options
-        counts = self.sequence_sum(decision.routing_map.sum(0).float())
+        stats = self.balance_statistics(gate * decision.routing_map, decision.routing_map)  # [T, E] sigmoid on A_i
+        if stats is not None:
+            balance = stablemoe_balance_loss(
+                stats.gate_sum, stats.counts, stats.num_tokens, options.aux_loss_coeff, stats.gate_num_tokens
+            )
+            self.add_loss(decision, "balance", balance)
         num_tokens = self.sequence_token_count(expert.numel(), gate.device)
-        assigned_gate_sum = (gate * decision.routing_map).sum(0)  # [E] sum_{t in A_i} sigmoid(s_{t,i})
-        balance = stablemoe_balance_loss(assigned_gate_sum, counts, num_tokens, options.aux_loss_coeff)
         distill_sum = F.cross_entropy(self.distilled(token_ids), expert, reduction="sum")
-        distill = options.stablemoe_distill_coeff * distill_sum / num_tokens
-        decision.aux_loss = balance + distill
-        decision.logged_losses["balance"] = balance.detach()
-        decision.logged_losses["distill"] = distill.detach()
+        self.add_loss(decision, "distill", options.stablemoe_distill_coeff * distill_sum / num_tokens)

@@ -66,6 +66,8 @@ class SwitchRouter(Router):
         Switch paper's; 0 turns it off)."""
 
         TOPK_CHOICES = (1,)
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -88,4 +90,5 @@ class SwitchRouter(Router):
         weights, routing_map = top1_routing(probs)
         decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, routing_map)  # f_i: top-1 choices
+        self.add_z_loss(decision, logits)
         return decision
