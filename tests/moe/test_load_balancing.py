@@ -6,6 +6,8 @@ loss of the concatenated batch (and its gradient, averaged over the ranks as dat
 equals that loss's gradient); none leaves the gate without a balance loss.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,37 @@ def test_flag_defaults_and_routers_without_a_balance_loss():
         with pytest.raises(InputError, match=r"^--moe-router-load-balancing-type seq_aux_loss: this router has no "
                                              r"balance loss \(it takes only aux_loss or none\)$"):
             tiny_run("--moe-router-type", name, "--moe-router-load-balancing-type", "seq_aux_loss")
+
+
+def _train_log(tmp_path, tag, *flags):
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    from megatron_evomoe import initialize
+    from megatron_evomoe.training.loop import pretrain
+    from tests.tiny import tiny_gpt_task
+
+    log = str(tmp_path / f"{tag}.jsonl")
+    run = tiny_run("--train-iters", "2", "--eval-iters", "0", "--log-json", log, *flags)
+    initialize.set_seeds(run.training.seed)
+    MoEAuxLossAutoScaler.main_loss_backward_scale = None  # megatron class state left by other tests
+    try:
+        pretrain(run, tiny_gpt_task())
+    finally:
+        MoEAuxLossAutoScaler.main_loss_backward_scale = None
+    return [json.loads(line) for line in open(log)]
+
+
+@pytest.mark.slow
+def test_recomputation_counts_each_micro_batch_once(tmp_path, megatron_world_of_one):
+    """Two micro-batches per step: a router run again in backward (moe_aware; megatron's full
+    recomputation) must not add its micro-batch to the global counts a second time."""
+    flags = ("--moe-router-load-balancing-type", "global_aux_loss", "--moe-z-loss-coeff", "1e-3")
+    plain = _train_log(tmp_path, "plain", *flags)
+    for tag, extra in {
+        "moe_aware": ("--moe-recompute", "moe_aware"),
+        "full": ("--recompute-granularity", "full"),
+    }.items():
+        recomputed = _train_log(tmp_path, tag, *flags, *extra)
+        for key in ("lm_loss", "grad_norm", "balance_loss", "z_loss"):
+            flat = [np.ravel(r[key]) for r in recomputed], [np.ravel(r[key]) for r in plain]
+            np.testing.assert_allclose(*flat, rtol=1e-6, err_msg=f"{tag} {key}")
