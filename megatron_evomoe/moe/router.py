@@ -95,7 +95,7 @@ class Router(MegatronModule, ABC):
         """:attr:`LOSS_NAMES` for ``config``: without ``balance`` when the balance loss is ``none``,
         with ``z`` (logged as ``z_loss``) when the router z-loss is on."""
         options = config.moe_router
-        names = tuple(name for name in cls.LOSS_NAMES if name != "balance" or options.load_balancing_type != "none")
+        names = tuple(name for name in cls.LOSS_NAMES if name != "balance" or options.load_balancing_type != load_balancing.NONE)
         return names + (("z",) if options.z_loss_on() else ())
 
     def set_layer_number(self, layer_number: int) -> None:

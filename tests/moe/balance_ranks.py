@@ -26,8 +26,8 @@ def gate_weight(name: str) -> torch.Tensor:
     return 0.2 * torch.randn(4, HIDDEN, generator=torch.Generator().manual_seed(ROUTERS.index(name)))
 
 
-def _router(name: str, balancing_type: str):
-    run = tiny_run("--moe-router-type", name, "--moe-router-load-balancing-type", balancing_type, world_size=2)
+def _router(name: str, balancing_type: str, *flags: str):
+    run = tiny_run("--moe-router-type", name, "--moe-router-load-balancing-type", balancing_type, *flags, world_size=2)
     router = router_class(name)(run.model)
     router.set_layer_number(1)
     router.weight.data.copy_(gate_weight(name))
@@ -66,5 +66,29 @@ def balance_losses_on_two_ranks() -> dict:
             "losses": losses, "no_grad_losses": no_grad_losses, "grads": grads,
             "after_reset": after_reset, "aux_loss": per_microbatch,
         }
+    results["tp2_sp"] = _sequence_parallel_losses()
     initialize.shutdown()
+    return results
+
+
+SP_SEQUENCES = 2
+SP_FLAGS = ("--tensor-model-parallel-size", "2", "--sequence-parallel", "--moe-z-loss-coeff", "1e-2")
+
+
+def _sequence_parallel_losses() -> dict:
+    """TP = 2 with sequence parallelism: this rank routes its half of the micro-batch ``rank_inputs(0,
+    0)`` (tokens ``[s, b]`` flattened, b = 2); returns its balance term per type and its z term."""
+    run = tiny_run(*SP_FLAGS, world_size=2)
+    initialize.initialize(run.layout, run.training.seed)  # the same world, new model-parallel groups
+    rank = torch.distributed.get_rank()
+    hidden, ids = rank_inputs(0, 0)
+    half = slice(rank * NUM_TOKENS // 2, (rank + 1) * NUM_TOKENS // 2)
+    results = {}
+    for name in ROUTERS:
+        for balancing_type in ("aux_loss", "seq_aux_loss", "global_aux_loss"):
+            router = _router(name, balancing_type, *SP_FLAGS)
+            router.num_sequences = SP_SEQUENCES
+            decision = router(hidden[half], ids[half])
+            results[name, balancing_type] = decision.logged_losses["balance"].item()
+            results[name, "z"] = decision.logged_losses["z"].item()
     return results

@@ -83,6 +83,24 @@ def test_aux_loss_on_two_ranks_is_each_ranks_own_micro_batch(two_ranks, name):
         assert result[name]["aux_loss"] == pytest.approx(hand_balance_loss(name, [gate], [counted]).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ROUTERS)
+def test_sequence_parallel_terms_add_up_to_the_whole_sequences_loss(two_ranks, name):
+    # TP = 2 with --sequence-parallel: each rank routes half of the sequence positions.
+    weight = gate_weight(name).double()
+    hidden = rank_inputs(0, 0)[0]
+    gate, counted = hand_gate_and_counted(name, hidden, weight)
+    b = balance_ranks.SP_SEQUENCES
+    expected = {
+        "aux_loss": hand_balance_loss(name, [gate], [counted]).item(),
+        "global_aux_loss": hand_balance_loss(name, [gate], [counted]).item(),  # DP = 1, one micro-batch
+        "seq_aux_loss": np.mean([hand_balance_loss(name, [gate[j::b]], [counted[j::b]]).item() for j in range(b)]),
+        "z": 1e-2 * torch.logsumexp(hidden.double() @ weight.t(), dim=1).square().mean().item(),
+    }
+    for key, value in expected.items():
+        terms = [result["tp2_sp"][name, key] for result in two_ranks]
+        assert sum(terms) == pytest.approx(value, rel=1e-5), key
+
+
 def _router(name, *flags):
     router = router_class(name)(tiny_run("--moe-router-type", name, *flags).model)
     router.set_layer_number(1)

@@ -5,7 +5,8 @@ in fairseq's BaseLayer). Training: a *balanced* assignment -- every expert recei
 of tokens -- maximising sum_t s_{t, a_t}, solved by the auction algorithm of ``moe/auction.py`` over
 all tokens of the token-exchange group (the ranks whose tokens the dispatcher pools: expert-parallel
 x tensor-parallel under sequence parallelism). Inference: greedy top-1, a_t = argmax_e s_{t,e}.
-No auxiliary loss: balance holds by construction.
+No balance loss: balance holds by construction (``--moe-z-loss-coeff`` adds the router z-loss of
+the scores).
 
 Combine weight: BASE mixes the assigned expert as sigmoid(s_{t,a}) * expert(h) + (1 - sigmoid) * h,
 where fairseq's expert network is itself residual (h + FFN(h)); that is h + sigmoid(s_{t,a}) *

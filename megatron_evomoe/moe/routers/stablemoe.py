@@ -18,7 +18,8 @@ evaluates the distilled router once for the whole vocabulary into a persistent t
 expert), saved with every checkpoint; from then on routing is a lookup, so it can never change --
 whatever the optimizer later does to D and E^, which get no gradient. The output is still scaled
 by sigmoid(s_{t,a_t}) from the backbone centroids (eq. 10), which keep training. No aux loss in
-stage 2 (the task loss only).
+stage 2 (the task loss only; the optional router z-loss, ``--moe-z-loss-coeff``, applies to the
+scores s in both stages).
 
 Evaluation in stage 1 routes with the distilled router, argmax_i s^_{t,i}, as the reference
 implementation does (Hunter-DDM/stablemoe, ``BaseLayer.forward``: the distilled affinities are used
