@@ -83,6 +83,20 @@ def check_bert_checkpoint(flag: str, root: str) -> None:
         )
 
 
+UNSUPPORTED_FLAGS = {
+    # dest: the pretraining loop's flags that the epoch loop of finetune.py does not act on
+    "exit_duration_in_mins": None, "exit_interval": None, "exit_signal_handler": False, "moe_per_layer_logging": False,
+}
+
+
+def check_unsupported_flags(args: argparse.Namespace) -> None:
+    """A pretraining flag that fine-tuning would ignore is an error, not a silent no-op."""
+    for dest, default in UNSUPPORTED_FLAGS.items():
+        if getattr(args, dest) != default:
+            raise InputError(f"finetune_glue.py does not support --{dest.replace('_', '-')} (it runs whole epochs "
+                             "and logs the summed auxiliary loss): leave it out")
+
+
 def set_schedule(args: argparse.Namespace, config: FinetuneConfig, num_train: int, world_size: int) -> None:
     """--train-iters from epochs x steps per epoch (whole global batches); without a warm-up flag,
     RoBERTa's 6% of the steps (``build_run_config`` turns the fraction into iterations)."""
@@ -137,6 +151,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optiona
         check_load_source(task, record, args)
         data = read_task_data(task, config.data_dir, train=config.epochs > 0, test=config.predict)
         check_flag_values(args, train_length=False)  # before the schedule divides by the batch size
+        check_unsupported_flags(args)
         set_schedule(args, config, len(data.train), world_size_from_env())
         tokenizer = mlm_tokenizer_from_args(args)
         run = build_run_config(args, vocabulary_size(args, tokenizer, record))

@@ -8,7 +8,7 @@ import torch
 
 from megatron_evomoe.arguments import build_run_config, parse_args
 from megatron_evomoe.moe.routers.dselectk import DSelectKRouter, binary_codes, selector_outputs, smooth_step
-from tests.tiny import tiny_run
+from tests.tiny import tiny_run, with_required
 
 
 def _router(*flags):
