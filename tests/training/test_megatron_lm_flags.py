@@ -8,13 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import build_parser, build_run_config, parse_args
 from megatron_evomoe.bert_arguments import add_bert_args
 from megatron_evomoe.flag_rules import REQUIRED_FLAGS
 from megatron_evomoe.models.layer_specs import moe_layer_pattern
 from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import main as entry_main
 from megatron_evomoe.training.exit_duration import ExitDuration, duration_exceeded
+from megatron_evomoe.training.model_args import flag_defaults
 from megatron_evomoe.training.routing_metrics import StepRouting
 from tests.tiny import REQUIRED, VOCAB, tiny_args, tiny_gpt_task, tiny_run
 
@@ -82,6 +83,12 @@ def test_norm_epsilon_and_its_old_name():
     assert new.norm_epsilon == old.norm_epsilon == 1e-6
     assert build_run_config(old, VOCAB, 1).model.layernorm_epsilon == 1e-6
     assert parse_args(tiny_args()).norm_epsilon == 1e-5
+
+
+def test_an_older_model_args_record_keeps_its_epsilon():
+    """finetune_glue.py reads a checkpoint's flags: one saved under the old name still applies."""
+    defaults = flag_defaults({"flags": {"layernorm_epsilon": 1e-6, "num_layers": 6}}, build_parser("", add_bert_args))
+    assert defaults == {"norm_epsilon": 1e-6, "num_layers": 6}
 
 
 def test_bert_binary_head_on_by_default_as_in_megatron_lm():
