@@ -60,11 +60,18 @@ def _upcycle(*flags: str):
     return upcycle(build_parser().parse_args(list(flags)))
 
 
-def test_copied_experts_resume_with_the_dense_loss_on_one_process_and_ep2(dense, tmp_path):
-    ckpt, dense_records = dense
-    moe = str(tmp_path / "moe")
-    result = _upcycle("--load", ckpt, "--ckpt-step", "2", "--save", moe, "--num-experts", "4", "--method", "copy")
+@pytest.fixture(scope="module")
+def copied(dense, tmp_path_factory):
+    """The dense checkpoint of step 2 upcycled with --method copy under DTS (default router)."""
+    moe = str(tmp_path_factory.mktemp("copied") / "moe")
+    result = _upcycle("--load", dense[0], "--ckpt-step", "2", "--save", moe, "--num-experts", "4", "--method", "copy")
     assert result.iteration == 2 and result.resume_flags[-2:] == ["--evomoe-shared-expert-iters", "2"]
+    return moe
+
+
+def test_copied_experts_resume_with_the_dense_loss_on_one_process_and_ep2(dense, copied, tmp_path):
+    _, dense_records = dense
+    moe = copied
     flags = [*RESUME_DTS, "--dts-threshold", "0", "--load", moe]
     single, ep2 = str(tmp_path / "single.jsonl"), str(tmp_path / "ep2.jsonl")
     pretrain(tiny_run(*flags, "--log-json", single), tiny_gpt_task())
@@ -75,11 +82,9 @@ def test_copied_experts_resume_with_the_dense_loss_on_one_process_and_ep2(dense,
         assert record["lm_loss"] == pytest.approx(dense_records[3]["lm_loss"], rel=1e-5)
 
 
-def test_copied_experts_give_the_dense_logits(dense, tmp_path):
+def test_copied_experts_give_the_dense_logits(dense, copied):
     """The first forward pass of training (after the loop's own first phase step) is the dense model's."""
-    ckpt, _ = dense
-    moe = str(tmp_path / "moe")
-    _upcycle("--load", ckpt, "--ckpt-step", "2", "--save", moe, "--num-experts", "4", "--method", "copy")
+    ckpt, moe = dense[0], copied
     tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(16).expand(2, 16)
     logits = []
@@ -183,16 +188,13 @@ def test_a_megatron_lm_checkpoint_upcycles_with_evomoe_masks_under_another_route
 
 
 @pytest.mark.parametrize("case", ["missing", "not dense", "biases"])
-def test_bad_input_is_one_line(case, dense, tmp_path, capsys):
-    ckpt, _ = dense
-    load = {"missing": str(tmp_path / "nowhere"), "not dense": str(tmp_path / "moe"), "biases": str(tmp_path / "bias")}[case]
-    if case == "not dense":
-        _upcycle("--load", ckpt, "--save", load, "--num-experts", "2")
+def test_bad_input_is_one_line(case, copied, tmp_path, capsys):
+    load = {"missing": str(tmp_path / "nowhere"), "not dense": copied, "biases": str(tmp_path / "bias")}[case]
     if case == "biases":  # Megatron-LM's default: linear biases, which this repository's GPT does not have
         _write_megatron_lm_checkpoint(load, _megatron_lm_args(add_bias_linear=True))
     assert main(["--load", load, "--save", str(tmp_path / "out"), "--num-experts", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ")
-    expected = {"missing": "no such directory", "not dense": "is not dense (it has --num-experts 2)",
+    expected = {"missing": "no such directory", "not dense": "is not dense (it has --num-experts 4)",
                 "biases": "linear biases"}[case]
     assert expected in err
