@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import List, Optional
@@ -236,6 +237,8 @@ def upcycle(args: argparse.Namespace) -> UpcycleResult:
     model = build_model_chunks(run, gpt_task())
     optimizer = build_optimizer(run.optimizer, model)
     spawned = transfer(dense, run, model, optimizer, spawn_options(args, run))
+    if args.method == "copy":
+        spawned = "--method copy (unchanged copies of the dense FFN): " + spawned
     state = TrainState() if args.reset_iteration else dataclasses.replace(dense.train_state)
     controller = PhaseController(run.model)
     controller.experts_spawned_at = state.iteration
@@ -272,5 +275,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print(f"{result.spawned}")
     print(f"wrote {result.ckpt_dir} (iteration {result.iteration})")
-    print("resume with: --load " + args.save + " " + " ".join(result.resume_flags))
+    print("resume with: " + shlex.join(["--load", args.save, *result.resume_flags]))
     return 0
