@@ -23,6 +23,8 @@ from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.routers.dts import DTSRouter
 from megatron_evomoe.training.checkpointing import checkpoint_dir, unwrap_model, write_tracker
 from megatron_evomoe.training.loop import advance_phase, pretrain, setup_session
+from megatron_evomoe.training.optimizer import inner_optimizers
+from megatron_evomoe.training.optimizer_checkpoint import adam_step
 from megatron_evomoe.training.optimizer_state import apply_parameter_updates, optimizer_copy
 from megatron_evomoe.training.upcycle import build_parser, main, upcycle
 from tests.distributed import run_ranks
@@ -103,12 +105,16 @@ def test_copied_experts_give_the_dense_logits(dense, copied):
 def test_evomoe_experts_equal_those_of_the_diversify_step(dense, tmp_path):
     ckpt, _ = dense
     moe = str(tmp_path / "moe")
-    _upcycle("--load", ckpt, "--ckpt-step", "2", "--save", moe, "--num-experts", "4")
+    result = _upcycle("--load", ckpt, "--ckpt-step", "2", "--save", moe, "--num-experts", "4", "--reset-iteration")
+    assert result.resume_flags[-2:] == ["--evomoe-shared-expert-iters", "0"]
     dense_session = setup_session(build_run_config(parse_args(dense_args("--train-iters", "3", "--load", ckpt, "--ckpt-step", "2")), VOCAB, 1),
                                   tiny_gpt_task())
     dense_params = dict(unwrap_model(dense_session.model[0]).named_parameters())
-    session = setup_session(tiny_run(*RESUME_DTS, "--load", moe), tiny_gpt_task())
-    assert session.state.iteration == 2
+    reset = ["--moe-router-type", "dts", "--train-iters", "3"]
+    session = setup_session(tiny_run(*reset, "--evomoe-shared-expert-iters", "0", "--load", moe), tiny_gpt_task())
+    # --reset-iteration: iteration and LR schedule restart; Adam's step stays with its moments.
+    assert (session.state.iteration, session.state.consumed_samples, session.scheduler.num_steps) == (0, 0, 0)
+    assert adam_step(inner_optimizers(session.optimizer)) == adam_step(inner_optimizers(dense_session.optimizer)) == 2
     options = session.run.model.moe_router
     spawned = {}
     for layer in moe_layers(session.model):
@@ -134,9 +140,8 @@ def test_evomoe_experts_equal_those_of_the_diversify_step(dense, tmp_path):
         assert torch.equal(param, value)
         if moments is not None:
             assert torch.equal(optimizer_copy(session.optimizer, param).state["exp_avg"], moments)
-    with pytest.raises(InputError, match="pass --evomoe-shared-expert-iters 2"):
-        setup_session(tiny_run(*RESUME_DTS, "--evomoe-shared-expert-iters", "1", "--load", moe),
-                      tiny_gpt_task())
+    with pytest.raises(InputError, match="pass --evomoe-shared-expert-iters 0"):
+        setup_session(tiny_run(*reset, "--load", moe), tiny_gpt_task())  # T_S: 5% of 3 iterations = 1
 
 
 def _megatron_lm_args(**changes) -> argparse.Namespace:
@@ -160,7 +165,12 @@ def _write_megatron_lm_checkpoint(root: str, args: argparse.Namespace):
     model = megatron_gpt_from_args(args)
     ckpt_dir = checkpoint_dir(root, args.iteration)
     os.makedirs(ckpt_dir)
-    state = {"model": model.sharded_state_dict(), "args": args, "iteration": args.iteration, "checkpoint_version": 3.0}
+    gbs = args.global_batch_size  # Megatron-LM's scheduler counts samples
+    schedule = dict(max_lr=1e-2, min_lr=0.0, lr_warmup_steps=0, num_steps=args.consumed_train_samples,
+                    lr_decay_steps=args.train_iters * gbs, lr_decay_style="linear", start_wd=0.01, end_wd=0.01,
+                    wd_incr_steps=args.train_iters * gbs, wd_incr_style="constant")
+    state = {"model": model.sharded_state_dict(), "args": args, "iteration": args.iteration, "checkpoint_version": 3.0,
+             "opt_param_scheduler": schedule}
     dist_checkpointing.save(state, ckpt_dir)
     write_tracker(root, args.iteration)
     return model
@@ -169,10 +179,11 @@ def _write_megatron_lm_checkpoint(root: str, args: argparse.Namespace):
 def test_a_megatron_lm_checkpoint_upcycles_with_evomoe_masks_under_another_router(tmp_path, megatron_world_of_one):
     megatron_ckpt, moe = str(tmp_path / "megatron"), str(tmp_path / "moe")
     theirs = dict(_write_megatron_lm_checkpoint(megatron_ckpt, _megatron_lm_args()).named_parameters())
-    result = _upcycle("--load", megatron_ckpt, "--save", moe, "--num-experts", "4", "--router", "switch",
-                      "--reset-iteration")
-    assert result.iteration == 0
-    session = setup_session(tiny_run("--load", moe), tiny_gpt_task())  # tiny_run: Switch, MoE layers 0 and 2
+    result = _upcycle("--load", megatron_ckpt, "--save", moe, "--num-experts", "4", "--router", "switch")
+    assert result.iteration == 6
+    session = setup_session(tiny_run("--train-iters", "10", "--load", moe), tiny_gpt_task())  # Switch, MoE layers 0, 2
+    # The training position is kept; the LR schedule in iterations: 24 samples / 4 per batch = step 6 of 10.
+    assert (session.state.iteration, session.state.consumed_samples, session.scheduler.num_steps) == (6, 24, 6)
     ours = dict(unwrap_model(session.model[0]).named_parameters())
     for name in ("embedding.word_embeddings.weight", "decoder.layers.1.mlp.linear_fc1.weight",
                  "decoder.layers.2.self_attention.linear_qkv.weight", "decoder.final_layernorm.weight"):
