@@ -156,7 +156,9 @@ def spawn_options(args: argparse.Namespace, run: RunConfig) -> DTSRouter.Config:
     options = run.model.moe_router
     if not isinstance(options, DTSRouter.Config):  # another router: EvoMoE's flags still say how to spawn
         values = values_from_args(flag_specs(DTSRouter.Config, SPAWN_FIELDS), args, DTSRouter.Config)
-        options = DTSRouter.Config(**values).resolved(RunShape(train_iters=1, tokens_per_microbatch=1))
+        shape = RunShape(train_iters=1, tokens_per_microbatch=1,
+                         use_distributed_optimizer=run.optimizer.use_distributed_optimizer)
+        options = DTSRouter.Config(**values).resolved(shape)  # the Adam rule's default follows the optimizer
     if args.method == "copy":
         options = options.replace(mask_ratio=0.0, mask_rescale=False)
     return options
@@ -170,7 +172,9 @@ def _take(moe_optimizer, param, dense_optimizer, source, mask=None, masked_copy=
         param.copy_(source)
     target, origin = optimizer_copy(moe_optimizer, param), optimizer_copy(dense_optimizer, source)
     # The dense run's fp32 master weight where it is the value taken; a spawned expert's is itself.
-    target.main.copy_(origin.main if mask is None else param.float())
+    # (Both optimizers are of one kind; a distributed optimizer's shard is the whole flattened
+    # parameter in this one-process world.)
+    target.main.copy_(origin.main if mask is None else target.slice_of(param.float()))
     for key in ("exp_avg", "exp_avg_sq"):
         if key not in target.state:
             continue
@@ -178,7 +182,7 @@ def _take(moe_optimizer, param, dense_optimizer, source, mask=None, masked_copy=
         if moments is None or (mask is not None and not masked_copy):
             target.state[key].zero_()
         else:
-            target.state[key].copy_(moments if mask is None else moments * mask.to(moments.dtype))
+            target.state[key].copy_(moments if mask is None else moments * target.slice_of(mask.to(moments.dtype)))
 
 
 def transfer(dense: DenseSource, run: RunConfig, model: List, optimizer, options: DTSRouter.Config) -> str:

@@ -121,7 +121,8 @@ def check_dense_gpt(args: argparse.Namespace, ckpt_dir: str) -> None:
 
 
 def architecture_flags(args: argparse.Namespace, seed: int) -> List[str]:
-    """Our training flags for the architecture ``args`` describe (Megatron-LM's names, ours alike)."""
+    """Our training flags for the architecture ``args`` describe (Megatron-LM's names, ours alike),
+    with the dense run's precision and optimizer kind (the optimizer state's format follows them)."""
     ffn = getattr(args, "ffn_hidden_size", None) or 4 * args.hidden_size
     epsilon = getattr(args, "norm_epsilon", getattr(args, "layernorm_epsilon", 1e-5))
     flags = [
@@ -138,6 +139,10 @@ def architecture_flags(args: argparse.Namespace, seed: int) -> List[str]:
         flags.append("--bf16")
     elif getattr(args, "fp16", False):
         flags.append("--fp16")
+    if getattr(args, "use_distributed_optimizer", False):
+        # The same optimizer kind as the dense run: an fp32 run's distributed optimizer keeps master
+        # weights that a plain fp32 optimizer does not, so a checkpoint without them would not resume.
+        flags.append("--use-distributed-optimizer")
     return [str(flag) for flag in flags]
 
 

@@ -84,6 +84,19 @@ def test_copied_experts_resume_with_the_dense_loss_on_one_process_and_ep2(dense,
         assert record["lm_loss"] == pytest.approx(dense_records[3]["lm_loss"], rel=1e-5)
 
 
+def test_a_distributed_optimizer_run_upcycles_and_resumes_with_the_dense_loss(tmp_path, megatron_world_of_one):
+    """fp32 with --use-distributed-optimizer: its master weights must be in the upcycled checkpoint."""
+    dense_ckpt, moe, log = str(tmp_path / "dense"), str(tmp_path / "moe"), str(tmp_path / "log.jsonl")
+    flags = ["--train-iters", "2", "--use-distributed-optimizer"]
+    pretrain(build_run_config(parse_args(dense_args(*flags, "--save", dense_ckpt, "--save-interval", "1",
+                                                    "--log-json", log)), VOCAB, 1), tiny_gpt_task())
+    _upcycle("--load", dense_ckpt, "--ckpt-step", "1", "--save", moe, "--num-experts", "4", "--method", "copy")
+    resumed = str(tmp_path / "resumed.jsonl")
+    pretrain(tiny_run(*flags, "--moe-router-type", "dts", "--evomoe-shared-expert-iters", "1", "--dts-threshold", "0",
+                      "--load", moe, "--log-json", resumed), tiny_gpt_task())
+    assert _records(resumed)[2]["lm_loss"] == pytest.approx(_records(log)[2]["lm_loss"], rel=1e-5)
+
+
 def test_copied_experts_give_the_dense_logits(dense, copied):
     """The first forward pass of training (after the loop's own first phase step) is the dense model's."""
     ckpt, moe = dense[0], copied
