@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Upcycle a dense GPT checkpoint into an MoE checkpoint (EvoMoE's expert-diversify "
         "or plain copies)", allow_abbrev=False,
     )
-    parser.add_argument("--load", required=True, help="the dense checkpoint directory (ours, or Megatron-LM torch_dist)")
+    parser.add_argument(
+        "--load", required=True,
+        help="the dense checkpoint directory (ours, or Megatron-LM torch_dist), or one of its iter_XXXXXXX directories",
+    )
     parser.add_argument("--ckpt-step", type=int, default=None, help="its iteration to read (default: the latest)")
     parser.add_argument("--save", required=True, help="directory of the MoE checkpoint to write")
     parser.add_argument("--num-experts", type=int, required=True, help="experts per MoE layer")
@@ -129,9 +132,9 @@ def check_request(args: argparse.Namespace) -> LayerFreq:
     freq = parse_moe_layer_freq(args.moe_layer_freq)
     if args.num_experts < 1:
         raise InputError(f"--num-experts must be >= 1, got {args.num_experts}")
-    if os.path.realpath(args.save) == os.path.realpath(args.load):
-        raise InputError(f"--save {args.save} is the dense checkpoint's directory: write the MoE checkpoint elsewhere")
     ckpt_dir = locate(args.load, args.ckpt_step)
+    if os.path.realpath(args.save) == os.path.realpath(os.path.dirname(ckpt_dir)):
+        raise InputError(f"--save {args.save} is the dense checkpoint's directory: write the MoE checkpoint elsewhere")
     dense_args, _ = read_args(ckpt_dir)
     check_dense_gpt(dense_args, ckpt_dir)
     moe_layer_pattern(freq, dense_args.num_layers)

@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -31,6 +32,8 @@ from megatron_evomoe.training import checkpoint_files, checkpointing
 from megatron_evomoe.training.checkpointing import CheckpointError, TrainState, unwrap_model
 from megatron_evomoe.training.loop import Task, build_model_chunks, run_meta
 from megatron_evomoe.training.optimizer import build_optimizer
+
+_ITER_DIR = re.compile(r"iter_(\d{7})")
 
 MEGATRON_LM_DEFAULTS = {
     "position_embedding_type": ("learned_absolute", "learned_absolute", "position embeddings"),
@@ -75,9 +78,12 @@ class DenseSource:
 
 
 def locate(root: str, iteration: Optional[int] = None) -> str:
-    """The checkpoint directory of ``iteration`` (default: the tracker's) under ``root``."""
+    """The checkpoint directory of ``iteration`` (default: the tracker's) under ``root``; ``root`` may
+    also name an ``iter_XXXXXXX`` directory itself."""
     if not os.path.isdir(root):
         raise CheckpointError(f"--load {root}: no such directory")
+    if iteration is None and _ITER_DIR.fullmatch(os.path.basename(os.path.normpath(root))):
+        return os.path.normpath(root)
     iteration = checkpointing.read_tracker(root) if iteration is None else iteration
     ckpt_dir = checkpointing.checkpoint_dir(root, iteration)
     if not os.path.isdir(ckpt_dir):
@@ -179,7 +185,7 @@ def load_dense(root: str, iteration: Optional[int], seed: Optional[int]) -> Dens
     optimizer = build_optimizer(run.optimizer, model)
     if ours:
         state, _ = checkpointing.load_checkpoint(
-            root, model, optimizer, load_rng=False, run_meta=run_meta(run),
+            os.path.dirname(ckpt_dir), model, optimizer, load_rng=False, run_meta=run_meta(run),
             meta_keys=list(architecture_meta(run.model)) + ["precision"], iteration=_iteration(ckpt_dir),
         )
         schedule = common.get("opt_param_scheduler")
@@ -233,4 +239,4 @@ def _saved_meta(ckpt_dir: str) -> dict:
 
 
 def _iteration(ckpt_dir: str) -> int:
-    return int(os.path.basename(os.path.normpath(ckpt_dir))[len("iter_"):])
+    return int(_ITER_DIR.fullmatch(os.path.basename(ckpt_dir)).group(1))

@@ -192,7 +192,8 @@ def _write_megatron_lm_checkpoint(root: str, args: argparse.Namespace):
 def test_a_megatron_lm_checkpoint_upcycles_with_evomoe_masks_under_another_router(tmp_path, megatron_world_of_one):
     megatron_ckpt, moe = str(tmp_path / "megatron"), str(tmp_path / "moe")
     theirs = dict(_write_megatron_lm_checkpoint(megatron_ckpt, _megatron_lm_args()).named_parameters())
-    result = _upcycle("--load", megatron_ckpt, "--save", moe, "--num-experts", "4", "--router", "switch")
+    iteration_dir = checkpoint_dir(megatron_ckpt, 6)  # --load may name the iteration's directory itself
+    result = _upcycle("--load", iteration_dir, "--save", moe, "--num-experts", "4", "--router", "switch")
     assert result.iteration == 6
     session = setup_session(tiny_run("--train-iters", "10", "--load", moe), tiny_gpt_task())  # Switch, MoE layers 0, 2
     # The training position is kept; the LR schedule in iterations: 24 samples / 4 per batch = step 6 of 10.
