@@ -25,9 +25,8 @@ from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
 from megatron_evomoe.data.gpt_dataset import GPTDataConfig, data_config_from_args, gives_data_path
 from megatron_evomoe.device import device_is_cuda, use_transformer_engine
 from megatron_evomoe.errors import InputError
-from megatron_evomoe.flag_rules import (
-    check_moe_layer_freq, check_required, parse_moe_layer_freq, resolve_train_iters, warmup_iters,
-)
+from megatron_evomoe.flag_rules import check_required, resolve_train_iters, warmup_iters
+from megatron_evomoe.moe_layer_freq import moe_layer_pattern, parse_moe_layer_freq
 from megatron_evomoe.initialize import ParallelLayout
 from megatron_evomoe.moe.dispatch import available_dispatchers
 from megatron_evomoe.moe.router_config import RunShape
@@ -113,7 +112,7 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("mixture of experts")
     g.add_argument("--num-experts", type=int, default=None, help="experts per MoE layer (None: dense)")
     g.add_argument(
-        "--moe-layer-freq", type=parse_moe_layer_freq, default=2,
+        "--moe-layer-freq", default=2,  # read by build_run_config (moe_layer_freq.py): one-line errors
         help="an int k: an MoE layer where layer %% k == 0 (layers counted from 0), or a Python list expression "
         "of 1 (MoE) / 0 (dense) per layer, e.g. '([0]+[1]*23)' (Megatron-LM's syntax); default 2: every other "
         "FFN, as in the EvoMoE paper (Megatron-LM's default is 1)",
@@ -508,7 +507,8 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
     layout = _validate_parallel(args, world_size)
     _validate_moe_communication(args, world_size)
     _validate_batch(args, layout, world_size)
-    check_moe_layer_freq(args.moe_layer_freq, args.num_layers)
+    args.moe_layer_freq = parse_moe_layer_freq(args.moe_layer_freq)
+    moe_layer_pattern(args.moe_layer_freq, args.num_layers)  # a list names every layer
     model = _model_config(args, vocab_size)
     optimizer = OptimizerConfig(
         optimizer="adam",

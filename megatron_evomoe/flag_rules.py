@@ -3,21 +3,18 @@
 * The model shape, the micro-batch size, the training length and the learning rate have no default
   (as in Megatron-LM): a command line that leaves one out would otherwise train some other model.
   :func:`check_required` names every missing flag in one line.
-* ``--moe-layer-freq`` is an int k (an MoE layer where ``layer % k == 0``, layers counted from 0) or a
-  Python list expression of per-layer 1/0 such as ``([0]+[1]*23)``; :func:`parse_moe_layer_freq`
-  reads the expression without ``eval`` (only list/tuple literals, ints, ``+`` and ``*``).
 * ``--train-samples`` instead of ``--train-iters``: whole global batches, the partial last one
   dropped, as Megatron-LM does without batch-size rampup (:func:`train_iters_from_samples`).
 * ``--lr-warmup-fraction``: warm-up as a fraction of the decay iterations (:func:`warmup_iters`).
 
-No megatron-core import: the parser uses :func:`parse_moe_layer_freq` as a flag type.
+``--moe-layer-freq`` (an int or a list expression) is read by ``moe_layer_freq.py``. No megatron-core
+import: light enough for the parser.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-from typing import List, Optional, Union
+from typing import List, Optional
 
 from megatron_evomoe.errors import InputError
 
@@ -25,8 +22,6 @@ REQUIRED_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "seq_lengt
 """Destinations of the flags Megatron-LM requires (besides --train-iters or --train-samples)."""
 
 TRAIN_LENGTH = "--train-iters or --train-samples"
-
-MoELayerFreq = Union[int, List[int]]
 
 
 def _flag(dest: str) -> str:
@@ -53,56 +48,6 @@ def check_required(args: argparse.Namespace, train_length: bool = True) -> None:
         raise InputError(
             f"missing required {noun}: {', '.join(missing)} (no defaults, as in Megatron-LM: the model and the "
             "run are what the command line says)"
-        )
-
-
-# ------------------------------------------------------------------------------ --moe-layer-freq
-def _evaluate(node: ast.AST, text: str):
-    """The value of a list expression built from int literals, list/tuple displays, + and *."""
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_evaluate(element, text) for element in node.elts]
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-        left, right = _evaluate(node.left, text), _evaluate(node.right, text)
-        try:
-            value = left + right if isinstance(node.op, ast.Add) else left * right
-        except TypeError:
-            raise argparse.ArgumentTypeError(f"{text!r}: cannot combine {left!r} and {right!r}") from None
-        if isinstance(value, list) and len(value) > 1_000_000:
-            raise argparse.ArgumentTypeError(f"{text!r}: a list of {len(value)} layers")
-        return value
-    raise argparse.ArgumentTypeError(
-        f"{text!r}: only ints, lists such as [0,1], + and * are allowed (e.g. '([0]+[1]*23)')"
-    )
-
-
-def parse_moe_layer_freq(text: str) -> MoELayerFreq:
-    """``--moe-layer-freq``: an int >= 1, or a list expression of per-layer 1 (MoE) / 0 (dense)."""
-    text = text.strip()
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an int nor a list expression") from None
-    value = _evaluate(tree.body, text)
-    if isinstance(value, int):
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{value} must be >= 1 (an MoE layer every k layers)")
-        return value
-    if any(type(v) is not int or v not in (0, 1) for v in value):
-        raise argparse.ArgumentTypeError(f"{text!r}: the list must hold 1 (MoE) or 0 (dense) per layer")
-    return value
-
-
-def check_moe_layer_freq(freq: MoELayerFreq, num_layers: int) -> None:
-    """A list gives one entry per layer (Megatron-LM's rule)."""
-    if isinstance(freq, int):
-        if freq < 1:
-            raise InputError(f"--moe-layer-freq must be >= 1, got {freq}")
-        return
-    if len(freq) != num_layers:
-        raise InputError(
-            f"--moe-layer-freq lists {len(freq)} layers but --num-layers is {num_layers} (one 1/0 per layer)"
         )
 
 

@@ -1,14 +1,12 @@
-"""flag_rules.py: the required flags, --moe-layer-freq's syntax, --train-samples and --lr-warmup-fraction
-against hand-computed values (Megatron-LM's rules, written out)."""
+"""flag_rules.py: the required flags, --train-samples and --lr-warmup-fraction against hand-computed
+values (Megatron-LM's rules, written out)."""
 
 import argparse
 
 import pytest
 
 from megatron_evomoe.errors import InputError
-from megatron_evomoe.flag_rules import (
-    check_moe_layer_freq, missing_required_flags, parse_moe_layer_freq, train_iters_from_samples, warmup_iters,
-)
+from megatron_evomoe.flag_rules import missing_required_flags, train_iters_from_samples, warmup_iters
 
 
 def test_missing_flags_are_listed_in_megatron_lms_order():
@@ -23,45 +21,6 @@ def test_missing_flags_are_listed_in_megatron_lms_order():
     assert missing_required_flags(nothing, train_length=False)[-2:] == ["--micro-batch-size", "--lr"]
     by_samples = argparse.Namespace(**{**vars(everything), "train_iters": None, "train_samples": 64})
     assert missing_required_flags(by_samples) == []
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("1", 1),
-        ("2", 2),
-        ("[1,0,1]", [1, 0, 1]),
-        ("([0]+[1]*3)", [0, 1, 1, 1]),
-        ("[1,0]*2", [1, 0, 1, 0]),
-        ("([1]*2+[0]*1)", [1, 1, 0]),
-        ("(1, 0)", [1, 0]),
-    ],
-)
-def test_moe_layer_freq_int_or_list(text, expected):
-    assert parse_moe_layer_freq(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("0", "must be >= 1"),
-        ("[0,2]", "1 (MoE) or 0 (dense)"),
-        ("__import__('os').getcwd()", "only ints, lists"),  # never evaluated
-        ("[1]*2.0", "only ints, lists"),
-        ("[1,", "neither an int nor a list"),
-        ("[1]+1", "cannot combine"),
-    ],
-)
-def test_moe_layer_freq_rejects_anything_else(text, message):
-    with pytest.raises(argparse.ArgumentTypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_moe_layer_freq(text)
-
-
-def test_a_list_gives_one_entry_per_layer():
-    check_moe_layer_freq([0, 1, 1, 1], 4)
-    check_moe_layer_freq(3, 4)
-    with pytest.raises(InputError, match="--moe-layer-freq lists 3 layers but --num-layers is 4"):
-        check_moe_layer_freq([0, 1, 1], 4)
 
 
 def test_train_samples_are_whole_global_batches():
