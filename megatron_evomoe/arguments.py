@@ -26,11 +26,11 @@ from megatron_evomoe.data.gpt_dataset import GPTDataConfig, data_config_from_arg
 from megatron_evomoe.device import device_is_cuda, use_transformer_engine
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.flag_rules import check_required, resolve_train_iters, warmup_iters
-from megatron_evomoe.moe_layer_freq import moe_layer_pattern, parse_moe_layer_freq
 from megatron_evomoe.initialize import ParallelLayout
 from megatron_evomoe.moe.dispatch import available_dispatchers
 from megatron_evomoe.moe.router_config import RunShape
 from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.moe_layer_freq import moe_layer_pattern, parse_moe_layer_freq
 from megatron_evomoe.router_arguments import add_router_args, router_config_from_args, selected_topk
 
 
