@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from megatron_evomoe.config_flags import flag
 from megatron_evomoe.errors import InputError
@@ -73,6 +73,8 @@ class RouterConfig:
 
     TOPK_CHOICES = None
     """The only top-k values the router accepts (None: any k in [1, --num-experts])."""
+    TOPK_REASON = ""
+    """Why a router with :attr:`TOPK_CHOICES` takes no other k (its paper's definition), for the error."""
 
     BALANCE_LOSS = False
     """Whether the router has a balance loss whose statistics ``load_balancing_type`` chooses
@@ -112,7 +114,8 @@ class RouterConfig:
     def topk_message(self) -> str:
         """The error for a top-k outside :attr:`TOPK_CHOICES`."""
         allowed = " or ".join(str(k) for k in self.TOPK_CHOICES)
-        return f"--moe-router-topk {self.topk}: this router takes k = {allowed}"
+        reason = f": {self.TOPK_REASON}" if self.TOPK_REASON else ""
+        return f"--moe-router-topk {self.topk}: this router takes k = {allowed} only{reason}"
 
     # ------------------------------------------------------------------ run-dependent defaults
     def resolved(self, run: RunShape) -> "RouterConfig":
@@ -160,6 +163,22 @@ class RouterConfig:
     def diversify_iteration(self) -> Optional[int]:
         """The step before which experts are spawned from the shared expert (None: never)."""
         return None
+
+    def spawned_experts_flags(self, iteration: int) -> List[str]:
+        """This router's flags under which a run whose experts were spawned before step
+        ``iteration`` (an upcycled checkpoint) starts its routing there; [] where no flag is needed."""
+        return []
+
+    def check_spawned_experts(self, iteration: int) -> None:
+        """Raise InputError when this run spawns its experts at another step than ``iteration``,
+        the step before which the loaded checkpoint's experts were spawned."""
+        planned = self.diversify_iteration()
+        if planned is not None and planned != iteration:
+            raise InputError(
+                f"the checkpoint's experts were spawned before iteration {iteration} (expert-diversify or "
+                f"tools/upcycle_checkpoint.py), this run would spawn them before iteration {planned}: pass "
+                + " ".join(self.spawned_experts_flags(iteration))
+            )
 
     def schedule_meta(self) -> Dict[str, Any]:
         """The resolved phase boundaries (run metadata, checkpoints); empty for one phase."""

@@ -91,6 +91,11 @@ class DTSRouter(Router):
         dts_top1_noise: bool = False
         """Keep gumbel noise in training after T_D, as Algorithm 2 does (off by default: docs/routers.md)."""
 
+        TOPK_CHOICES = (1,)
+        TOPK_REASON = (
+            "the DTS gate anneals to Top-1 by definition (EvoMoE sec. III-C); before T_D the number of experts "
+            "per token is set by --dts-threshold, not by a k"
+        )
         BALANCE_LOSS = True
         ROUTER_LOGITS = True  # x W_g, before the Gumbel noise and the temperature
 
@@ -177,6 +182,10 @@ class DTSRouter(Router):
 
         def diversify_iteration(self) -> Optional[int]:
             return schedule.diversify_iteration(self)
+
+        def spawned_experts_flags(self, iteration: int) -> list:
+            """T_S = ``iteration``: the gate starts there at tau max, without a second diversify."""
+            return ["--evomoe-shared-expert-iters", str(iteration)] if self.expert_diversify else []
 
         def schedule_meta(self) -> dict:
             return {

@@ -95,6 +95,7 @@ class StableMoERouter(Router):
         """Dimension of the distilled router's word embedding."""
 
         TOPK_CHOICES = (1,)
+        TOPK_REASON = "StableMoE routes each token to one expert and distils that choice (Dai et al. 2022)"
         BALANCE_LOSS = True
         ROUTER_LOGITS = True  # the backbone centroid scores s_{t,i}
 
