@@ -97,8 +97,9 @@ class RecordingWriter:
         pass
 
 
-def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeypatch, tmp_path):
+def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeypatch, tmp_path, capsys):
     import json
+    import re
 
     import torch.utils.tensorboard
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
@@ -119,6 +120,9 @@ def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeyp
     initialize.set_seeds(7)
     pretrain(run, tiny_gpt_task())
     records = [json.loads(line) for line in open(log)]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter ")]
+    assert len(lines) == 2 and all(re.search(r"\| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$", x) for x in lines)
+    assert lines[-1].endswith("ETA 0:00:00")  # the last iteration: nothing left
 
     tags = {tag for tag, _, _ in RecordingWriter.calls}
     megatron = {"lm loss", "learning-rate", "batch-size", "grad-norm", "loss-scale",
