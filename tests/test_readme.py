@@ -115,6 +115,7 @@ def test_the_readme_says_to_activate_the_venv_after_make_setup():
 def test_every_shell_command_is_classified():
     known = {"python", "make", "source", "bash"}
     for command in readme_commands():
+        assert not re.search(r"<[^>]*>|\.\.\.", command.split("#")[0]), f"README command with a placeholder: {command}"
         program = words(command)[0]
         assert program in known, f"README command with an unknown program (teach test_readme.py): {command}"
 
