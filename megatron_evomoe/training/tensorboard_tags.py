@@ -18,8 +18,8 @@ task metrics (``lm_loss``)    the reported name, ``lm loss`` + ``lm loss vs samp
 ``elapsed_ms_per_iter``       ``iteration-time`` (seconds, as Megatron-LM's timer)
 ``val_loss``, ``val_ppl``     ``lm loss validation``, ``lm loss validation ppl`` + vs samples
 ``val_<metric>``              ``<metric> validation`` + vs samples (``mlm accuracy validation``)
-``balance_loss`` (per layer)  ``load_balancing_loss`` (mean over MoE layers) and, with
-                              ``--moe-per-layer-logging``, ``moe/load_balancing_loss_layer_<i>``
+``balance_loss``              ``load_balancing_loss`` (mean over MoE layers) and, with
+(``..._per_layer``)           ``--moe-per-layer-logging``, ``moe/load_balancing_loss_layer_<i>``
                               (i: the 0-based decoder layer), divided by the coefficient as
                               megatron-core logs it; only for routers whose balance loss is
                               megatron's (``Router.megatron_loss_names``)
@@ -124,8 +124,8 @@ def tensorboard_scalars(record: Dict[str, Any], context: TagContext, metric_keys
             out.append((ITERATION_TIME, value / 1000.0, step))
         elif key.startswith("val_") and is_number(value) and (tag := _validation_tag(key, context, metrics)):
             megatron(tag, value)
-        elif key.endswith("_loss") and key[: -len("_loss")] in context.megatron_losses and isinstance(value, list):
-            out.extend(_moe_loss_scalars(key[: -len("_loss")], value, context, step))
+        elif (loss := _megatron_loss(key, context)) is not None and (is_number(value) or isinstance(value, list)):
+            out.extend(_moe_loss_scalars(key, loss, value, context, step))
         elif is_number(value):
             out.append((key, value, step))
         elif isinstance(value, list) and value and all(is_number(v) for v in value):
@@ -146,13 +146,29 @@ def _validation_tag(key: str, context: TagContext, metrics: set) -> str:
     return f"{context.metric_name(metric)} validation" if metric in metrics else ""
 
 
-def _moe_loss_scalars(name: str, per_layer: List[float], context: TagContext, step: int) -> List[Scalar]:
+def _megatron_loss(key: str, context: TagContext):
+    """The router loss a key logs, when megatron-core has a name for it: ``balance_loss`` (per MoE
+    layer, or already their mean) or ``balance_loss_per_layer``; else None."""
+    for suffix in ("_loss", "_loss_per_layer"):
+        if key.endswith(suffix) and key[: -len(suffix)] in context.megatron_losses:
+            return key[: -len(suffix)]
+    return None
+
+
+def _moe_loss_scalars(key: str, name: str, value, context: TagContext, step: int) -> List[Scalar]:
     """megatron-core's ``<name>`` (mean over MoE layers) and ``moe/<name>_layer_<i>``, without the
-    coefficient (megatron-core tracks ``aux_loss / coeff``)."""
+    coefficient (megatron-core tracks ``aux_loss / coeff``).
+
+    ``value`` is the per-layer list (``balance_loss``; per-layer tags with ``per_layer_logging``),
+    their mean (a number), or, under ``..._per_layer``, the list a record holds only when per-layer
+    logging is on.
+    """
     tag, coeff = context.megatron_losses[name]
-    values = [v / coeff for v in per_layer]
-    out = [(tag, sum(values) / max(len(values), 1), step)]
-    if context.per_layer_logging:
+    if is_number(value):
+        return [(tag, value / coeff, step)]
+    values = [v / coeff for v in value]
+    out = [] if key.endswith("_per_layer") else [(tag, sum(values) / max(len(values), 1), step)]
+    if context.per_layer_logging or key.endswith("_per_layer"):
         out.extend((f"moe/{tag}_layer_{layer}", v, step) for layer, v in zip(context.moe_layer_numbers, values))
     return out
 

@@ -51,6 +51,15 @@ def test_per_layer_moe_tags_only_with_per_layer_logging():
     assert got == [("load_balancing_loss", pytest.approx(3.0), 1)]  # (2 + 4) / 2, no per-layer tags
 
 
+def test_losses_already_averaged_over_layers_and_a_per_layer_entry():
+    # A record may hold the mean over MoE layers and, with per-layer logging, the per-layer list.
+    context = TagContext(moe_layer_numbers=(1, 3), megatron_losses={"balance": ("load_balancing_loss", 0.1)})
+    got = tensorboard_scalars({"iteration": 1, "balance_loss": 0.3, "balance_loss_per_layer": [0.2, 0.4]}, context)
+    assert got == [("load_balancing_loss", pytest.approx(3.0), 1),
+                   ("moe/load_balancing_loss_layer_1", pytest.approx(2.0), 1),
+                   ("moe/load_balancing_loss_layer_3", pytest.approx(4.0), 1)]
+
+
 def test_a_loss_megatron_does_not_track_keeps_our_tag():
     # StableMoE's balance (its eq. 4) and distill losses, DSelect-k's entropy: no megatron name.
     got = tensorboard_scalars({"iteration": 3, "balance_loss": [0.5, 0.25], "distill_loss": [1.0]}, TagContext())
@@ -116,7 +125,8 @@ def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeyp
     # Switch router, MoE layers at decoder layers 0 and 2 (--moe-layer-freq 2 of 4 layers).
     run = tiny_run("--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1",
                    "--tensorboard-dir", str(tmp_path / "tb"), "--log-json", str(log))
-    run.model.moe_per_layer_logging = True  # --moe-per-layer-logging
+    # --moe-per-layer-logging: megatron's TransformerConfig field, and the run's training option
+    run.model.moe_per_layer_logging = run.training.moe_per_layer_logging = True
     initialize.set_seeds(7)
     pretrain(run, tiny_gpt_task())
     records = [json.loads(line) for line in open(log)]
@@ -145,5 +155,6 @@ def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeyp
     assert written[("lm loss validation", 2)] == last["val_loss"]
     assert written[("iteration-time", 2)] == pytest.approx(last["elapsed_ms_per_iter"] / 1000)
     coeff = run.model.moe_router.aux_loss_coeff  # Switch: 0.01
-    assert written[("moe/load_balancing_loss_layer_2", 2)] == pytest.approx(last["balance_loss"][1] / coeff)
-    assert written[("load_balancing_loss", 2)] == pytest.approx(sum(last["balance_loss"]) / 2 / coeff)
+    per_layer = last.get("balance_loss_per_layer", last["balance_loss"])  # the JSON list per MoE layer
+    assert written[("moe/load_balancing_loss_layer_2", 2)] == pytest.approx(per_layer[1] / coeff)
+    assert written[("load_balancing_loss", 2)] == pytest.approx(sum(per_layer) / 2 / coeff)
