@@ -193,7 +193,7 @@ def finetune(
     flags = dict(sorted(run.flags.items()))
     # Megatron-LM's fine-tuning reports its classification loss as "lm loss" (tasks/finetune_utils.py).
     writer = MetricsWriter(run.training.tensorboard_dir, run.training.log_json,
-                           tag_context(run.model, loop_task.main_metric, {"loss": "lm loss"}))
+                           tag_context(run, loop_task.main_metric, {"loss": "lm loss"}))
 
     def end_of_epoch(epoch: int) -> None:
         metrics = evaluate_dev(session, task, dev_sets, config.eval_micro_batch_size)

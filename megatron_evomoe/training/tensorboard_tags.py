@@ -173,8 +173,9 @@ def _moe_loss_scalars(key: str, name: str, value, context: TagContext, step: int
     return out
 
 
-def tag_context(model, main_metric: str = "lm loss", metric_renames: Mapping[str, str] | None = None) -> TagContext:
-    """The :class:`TagContext` of a run with ``model`` (a ``ModelConfig``)."""
+def tag_context(run, main_metric: str = "lm loss", metric_renames: Mapping[str, str] | None = None) -> TagContext:
+    """The :class:`TagContext` of ``run`` (a ``RunConfig``)."""
+    model = run.model
     numbers: Tuple[int, ...] = ()
     losses: Mapping[str, Tuple[str, float]] = {}
     if model.num_moe_experts:
@@ -184,4 +185,5 @@ def tag_context(model, main_metric: str = "lm loss", metric_renames: Mapping[str
 
         numbers = tuple(layer for layer, is_moe in enumerate(moe_layer_pattern(model)) if is_moe)
         losses = router_class(model.moe_router_type).megatron_loss_names(model.moe_router)
-    return TagContext(main_metric, dict(metric_renames or {}), numbers, losses, bool(model.moe_per_layer_logging))
+    per_layer = bool(run.training.moe_per_layer_logging)
+    return TagContext(main_metric, dict(metric_renames or {}), numbers, losses, per_layer)

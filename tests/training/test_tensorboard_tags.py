@@ -123,10 +123,8 @@ def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeyp
     RecordingWriter.calls = []
     log = tmp_path / "log.jsonl"
     # Switch router, MoE layers at decoder layers 0 and 2 (--moe-layer-freq 2 of 4 layers).
-    run = tiny_run("--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1",
+    run = tiny_run("--train-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--moe-per-layer-logging",
                    "--tensorboard-dir", str(tmp_path / "tb"), "--log-json", str(log))
-    # --moe-per-layer-logging: megatron's TransformerConfig field, and the run's training option
-    run.model.moe_per_layer_logging = run.training.moe_per_layer_logging = True
     initialize.set_seeds(7)
     pretrain(run, tiny_gpt_task())
     records = [json.loads(line) for line in open(log)]
@@ -155,6 +153,6 @@ def test_a_training_run_writes_exactly_these_tags(megatron_world_of_one, monkeyp
     assert written[("lm loss validation", 2)] == last["val_loss"]
     assert written[("iteration-time", 2)] == pytest.approx(last["elapsed_ms_per_iter"] / 1000)
     coeff = run.model.moe_router.aux_loss_coeff  # Switch: 0.01
-    per_layer = last.get("balance_loss_per_layer", last["balance_loss"])  # the JSON list per MoE layer
+    per_layer = last["balance_loss_per_layer"]  # the JSON list per MoE layer
     assert written[("moe/load_balancing_loss_layer_2", 2)] == pytest.approx(per_layer[1] / coeff)
     assert written[("load_balancing_loss", 2)] == pytest.approx(sum(per_layer) / 2 / coeff)
