@@ -138,10 +138,11 @@ def tensorboard_scalars(record: Dict[str, Any], context: TagContext, metric_keys
 def _validation_tag(key: str, context: TagContext, metrics: set) -> str:
     """Megatron-LM's ``<metric> validation`` / ``<metric> validation ppl``, or '' for our own
     (``val_served_loss``)."""
+    main = context.metric_name(context.main_metric.replace(" ", "_"))  # fine-tuning's "loss": "lm loss"
     if key == "val_loss":
-        return f"{context.main_metric} validation"
+        return f"{main} validation"
     if key == "val_ppl":
-        return f"{context.main_metric} validation ppl"
+        return f"{main} validation ppl"
     metric = key[len("val_"):]
     return f"{context.metric_name(metric)} validation" if metric in metrics else ""
 
