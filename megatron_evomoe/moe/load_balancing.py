@@ -48,6 +48,13 @@ LOAD_BALANCING_TYPES = ("aux_loss", "seq_aux_loss", "global_aux_loss", "none")
 
 AUX_LOSS, SEQ_AUX_LOSS, GLOBAL_AUX_LOSS, NONE = LOAD_BALANCING_TYPES
 
+MEGATRON_LOSS_NAMES = {
+    AUX_LOSS: "load_balancing_loss",
+    SEQ_AUX_LOSS: "seq_load_balancing_loss",
+    GLOBAL_AUX_LOSS: "global_load_balancing_loss",
+}
+"""The name megatron-core's router logs each type's balance loss under (``attach_and_log_load_balancing_loss``)."""
+
 
 @dataclass
 class BalanceStatistics:

@@ -78,12 +78,20 @@ class Router(MegatronModule, ABC):
 
         TensorBoard shows them under megatron's tags, without the coefficient, as megatron-core's
         ``track_moe_metrics`` does. Default: the balance loss of :meth:`add_balance_loss` (the
-        Switch form) is megatron's ``load_balancing_loss``; a router whose ``balance`` is another
-        formula returns ``{}`` and keeps our tag.
+        Switch form) is megatron's ``load_balancing_loss`` (``seq_load_balancing_loss``,
+        ``global_load_balancing_loss`` for the other load-balancing types); a router whose
+        ``balance`` is another formula keeps our tag for it. The router z-loss is ``z_loss``.
         """
-        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0:
-            return {"balance": ("load_balancing_loss", options.aux_loss_coeff)}
-        return {}
+        names = cls.megatron_z_loss_name(options)
+        balancing_type = options.load_balancing_type
+        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0 and balancing_type in load_balancing.MEGATRON_LOSS_NAMES:
+            names["balance"] = (load_balancing.MEGATRON_LOSS_NAMES[balancing_type], options.aux_loss_coeff)
+        return names
+
+    @staticmethod
+    def megatron_z_loss_name(options: RouterConfig) -> Dict[str, Tuple[str, float]]:
+        """``{"z": ("z_loss", coeff)}`` when the router z-loss is on (megatron-core's tag), else ``{}``."""
+        return {"z": ("z_loss", options.z_loss_coeff)} if options.z_loss_on() else {}
 
     NEEDS_TOKEN_IDS: bool = False
     """Whether ``forward`` routes by token id (the ids reach it through megatron's ``padding_mask``,

@@ -64,3 +64,20 @@ def test_routers_without_logits_reject_a_z_loss(name):
         tiny_run("--moe-router-type", name, "--moe-z-loss-coeff", "1e-3")
     with pytest.raises(InputError, match=r"^--moe-z-loss-coeff must be >= 0$"):
         tiny_run("--moe-z-loss-coeff", "-1")
+
+
+def test_tensorboard_shows_megatron_cores_tags_without_the_coefficient():
+    from megatron_evomoe.training.tensorboard_tags import TagContext, tensorboard_scalars
+
+    flags = ("--moe-z-loss-coeff", "1e-3", "--moe-router-load-balancing-type", "global_aux_loss")
+    losses = router_class("switch").megatron_loss_names(tiny_run(*flags).model.moe_router)
+    assert losses == {"z": ("z_loss", 1e-3), "balance": ("global_load_balancing_loss", 0.01)}
+    assert router_class("stablemoe").megatron_loss_names(tiny_run("--moe-router-type", "stablemoe", *flags).model.moe_router) == {
+        "z": ("z_loss", 1e-3)  # its balance loss (eq. 4) is not megatron's
+    }
+    context = TagContext(moe_layer_numbers=(1, 3), megatron_losses=losses, per_layer_logging=True)
+    record = {"iteration": 5, "z_loss": 3e-3, "z_loss_per_layer": [2e-3, 4e-3]}
+    assert tensorboard_scalars(record, context) == [
+        ("z_loss", pytest.approx(3.0), 5), ("moe/z_loss_layer_1", pytest.approx(2.0), 5),
+        ("moe/z_loss_layer_3", pytest.approx(4.0), 5),
+    ]

@@ -135,8 +135,8 @@ class StableMoERouter(Router):
 
     @classmethod
     def megatron_loss_names(cls, options) -> dict:
-        """None: StableMoE's balance loss (its eq. 4) is not megatron's load_balancing_loss."""
-        return {}
+        """Only the router z-loss: StableMoE's balance loss (its eq. 4) is not megatron's load_balancing_loss."""
+        return cls.megatron_z_loss_name(options)
 
     @classmethod
     def gate_flops(cls, config, state) -> float:
