@@ -29,8 +29,6 @@ ROUTERS = {
     # counts (2 micro-batches here) must be reset every step for the resumed run to match.
     "dts_global_z": ["--moe-router-load-balancing-type", "global_aux_loss", "--moe-z-loss-coeff", "1e-3",
                      "--evomoe-shared-expert-iters", "1", "--moe-per-layer-logging"],
-    "stablemoe_seq_z": ["--stablemoe-stage1-iters", "2", "--moe-router-load-balancing-type", "seq_aux_loss",
-                        "--moe-z-loss-coeff", "1e-3", "--moe-per-layer-logging"],
 }
 COMPARED = ("lm_loss", "grad_norm", "aux_loss", "tokens_per_expert", "val_loss")
 
