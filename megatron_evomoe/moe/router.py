@@ -84,8 +84,9 @@ class Router(MegatronModule, ABC):
         """
         names = cls.megatron_z_loss_name(options)
         balancing_type = options.load_balancing_type
-        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0 and balancing_type in load_balancing.MEGATRON_LOSS_NAMES:
-            names["balance"] = (load_balancing.MEGATRON_LOSS_NAMES[balancing_type], options.aux_loss_coeff)
+        megatron_name = load_balancing.MEGATRON_LOSS_NAMES.get(balancing_type)  # None: none
+        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0 and megatron_name is not None:
+            names["balance"] = (megatron_name, options.aux_loss_coeff)
         return names
 
     @staticmethod
@@ -117,7 +118,8 @@ class Router(MegatronModule, ABC):
         """:attr:`LOSS_NAMES` for ``config``: without ``balance`` when the balance loss is ``none``,
         with ``z`` (logged as ``z_loss``) when the router z-loss is on."""
         options = config.moe_router
-        names = tuple(name for name in cls.LOSS_NAMES if name != "balance" or options.load_balancing_type != load_balancing.NONE)
+        balance_off = options.load_balancing_type == load_balancing.NONE
+        names = tuple(name for name in cls.LOSS_NAMES if not (name == "balance" and balance_off))
         return names + (("z",) if options.z_loss_on() else ())
 
     def set_layer_number(self, layer_number: int) -> None:

@@ -48,7 +48,8 @@ def test_every_router_with_logits_adds_the_z_loss_of_its_logits(name, megatron_w
 
 def test_the_z_loss_trains_the_gate():
     torch.manual_seed(0)
-    router = router_class("switch")(tiny_run("--moe-z-loss-coeff", str(COEFF), "--moe-router-load-balancing-type", "none").model)
+    flags = ("--moe-z-loss-coeff", str(COEFF), "--moe-router-load-balancing-type", "none")
+    router = router_class("switch")(tiny_run(*flags).model)
     hidden = torch.randn(48, 32)
     router(hidden, None).aux_loss.backward()
     weight = router.weight.detach().double().requires_grad_(True)
@@ -72,9 +73,8 @@ def test_tensorboard_shows_megatron_cores_tags_without_the_coefficient():
     flags = ("--moe-z-loss-coeff", "1e-3", "--moe-router-load-balancing-type", "global_aux_loss")
     losses = router_class("switch").megatron_loss_names(tiny_run(*flags).model.moe_router)
     assert losses == {"z": ("z_loss", 1e-3), "balance": ("global_load_balancing_loss", 0.01)}
-    assert router_class("stablemoe").megatron_loss_names(tiny_run("--moe-router-type", "stablemoe", *flags).model.moe_router) == {
-        "z": ("z_loss", 1e-3)  # its balance loss (eq. 4) is not megatron's
-    }
+    stablemoe = tiny_run("--moe-router-type", "stablemoe", *flags).model.moe_router
+    assert router_class("stablemoe").megatron_loss_names(stablemoe) == {"z": ("z_loss", 1e-3)}  # eq. 4 is not megatron's
     context = TagContext(moe_layer_numbers=(1, 3), megatron_losses=losses, per_layer_logging=True)
     record = {"iteration": 5, "z_loss": 3e-3, "z_loss_per_layer": [2e-3, 4e-3]}
     assert tensorboard_scalars(record, context) == [
