@@ -485,6 +485,9 @@ def _megatron_model_config(args: argparse.Namespace, vocab_size: int, router, di
         moe_router_topk=router.topk,
         moe_router_pre_softmax=True,  # megatron's own router is unused; this only satisfies its checks
         moe_aux_loss_coeff=0.0,  # ours lives in moe_router.aux_loss_coeff
+        # Read by megatron's finalize_model_grads only, which then resets the routers' global
+        # balance counts once per step (moe/load_balancing.py); our routers read moe_router.
+        moe_router_load_balancing_type=router.load_balancing_type,
         moe_expert_capacity_factor=args.moe_expert_capacity_factor,
         moe_token_drop_policy=args.moe_token_drop_policy,
         moe_grouped_gemm=(

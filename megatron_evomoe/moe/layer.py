@@ -88,7 +88,7 @@ class MoELayer(MegatronModule):
                 tp_group=pg_collection.tp,
             )
         self.dense_phase = False
-        self.stats = RoutingStats(config.num_moe_experts, self.router.LOSS_NAMES)
+        self.stats = RoutingStats(config.num_moe_experts, type(self.router).loss_names(config))
         segments = moe_recompute_scope(config) == SEGMENTS  # else none, or the dispatcher replays
         self.recompute = MoERecompute("moe_aware" if segments else "none")
 
@@ -107,6 +107,7 @@ class MoELayer(MegatronModule):
         if self.dense_phase:
             return self._forward_shared_expert(hidden_states)
         tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
+        self.router.num_sequences = hidden_states.shape[1]  # [s, b, h]: per-sequence balance statistics
         token_ids = None
         if self.router.NEEDS_TOKEN_IDS:  # the ids ride in padding_mask (megatron-core 0.16.x; moe/token_ids.py)
             token_ids = routing_token_ids(padding_mask, hidden_states.shape[:2], self.pg_collection.tp)

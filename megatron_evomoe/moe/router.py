@@ -22,12 +22,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 
 from megatron_evomoe.config import ModelConfig
-from megatron_evomoe.moe.balance import count_weighted_balance_loss
+from megatron_evomoe.moe import load_balancing
+from megatron_evomoe.moe.balance import count_weighted_balance_loss, router_z_loss
+from megatron_evomoe.moe.load_balancing import BalanceStatistics, GlobalTokenCounts, per_sequence_sum
 from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
 
 
@@ -42,7 +45,8 @@ class RoutingDecision:
         aux_loss: differentiable scalar, already multiplied by its coefficient, added to the
             training loss (None when the router has none in its current phase).
         logged_losses: detached scalars for the logs, e.g. ``{"balance": ..., "distill": ...}``
-            (each already multiplied by its coefficient).
+            (each already multiplied by its coefficient; ``"z"``, the router z-loss, is logged as
+            ``z_loss``, megatron-core's name).
         gate: ``[T, E]`` the full distribution over experts the routing was chosen from (Switch's
             and GShard's softmax, DTS's g' at the current tau, DSelect-k's weights), for
             diagnostics (gate entropy, top-1/top-2 margin); None for routers without one (BASE,
@@ -63,8 +67,9 @@ class Router(MegatronModule, ABC):
     """The router's hyper-parameters and phases (each router nests its own subclass)."""
 
     LOSS_NAMES: tuple = ("balance",)
-    """Names of the entries this router puts in ``RoutingDecision.logged_losses`` (fixed per class,
-    so every rank reduces the same table even when a pipeline stage holds no MoE layer)."""
+    """Names of the entries this router puts in ``RoutingDecision.logged_losses`` (fixed per class
+    and config, so every rank reduces the same table even when a pipeline stage holds no MoE
+    layer); :meth:`loss_names` adjusts them to the config."""
 
     @classmethod
     def megatron_loss_names(cls, options: RouterConfig) -> Dict[str, Tuple[str, float]]:
@@ -73,12 +78,21 @@ class Router(MegatronModule, ABC):
 
         TensorBoard shows them under megatron's tags, without the coefficient, as megatron-core's
         ``track_moe_metrics`` does. Default: the balance loss of :meth:`add_balance_loss` (the
-        Switch form) is megatron's ``load_balancing_loss``; a router whose ``balance`` is another
-        formula returns ``{}`` and keeps our tag.
+        Switch form) is megatron's ``load_balancing_loss`` (``seq_load_balancing_loss``,
+        ``global_load_balancing_loss`` for the other load-balancing types); a router whose
+        ``balance`` is another formula keeps our tag for it. The router z-loss is ``z_loss``.
         """
-        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0:
-            return {"balance": ("load_balancing_loss", options.aux_loss_coeff)}
-        return {}
+        names = cls.megatron_z_loss_name(options)
+        balancing_type = options.load_balancing_type
+        megatron_name = load_balancing.MEGATRON_LOSS_NAMES.get(balancing_type)  # None: none
+        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0 and megatron_name is not None:
+            names["balance"] = (megatron_name, options.aux_loss_coeff)
+        return names
+
+    @staticmethod
+    def megatron_z_loss_name(options: RouterConfig) -> Dict[str, Tuple[str, float]]:
+        """``{"z": ("z_loss", coeff)}`` when the router z-loss is on (megatron-core's tag), else ``{}``."""
+        return {"z": ("z_loss", options.z_loss_coeff)} if options.z_loss_on() else {}
 
     NEEDS_TOKEN_IDS: bool = False
     """Whether ``forward`` routes by token id (the ids reach it through megatron's ``padding_mask``,
@@ -92,8 +106,21 @@ class Router(MegatronModule, ABC):
         self.options = config.moe_router  # this router's Config
         self.tp_group = pg_collection.tp
         self.ep_group = pg_collection.ep
+        self.dp_group = getattr(pg_collection, "dp", None)  # megatron's default collection has none
         self.layer_number: Optional[int] = None
         self.routing_state = RoutingState()
+        self.num_sequences = 1
+        """Sequences in the micro-batch being routed (the MoE layer sets it; ``seq_aux_loss``)."""
+        self.global_counts = GlobalTokenCounts()  # global_aux_loss: running sums of the step
+
+    @classmethod
+    def loss_names(cls, config: ModelConfig) -> tuple:
+        """:attr:`LOSS_NAMES` for ``config``: without ``balance`` when the balance loss is ``none``,
+        with ``z`` (logged as ``z_loss``) when the router z-loss is on."""
+        options = config.moe_router
+        balance_off = options.load_balancing_type == load_balancing.NONE
+        names = tuple(name for name in cls.LOSS_NAMES if not (name == "balance" and balance_off))
+        return names + (("z",) if options.z_loss_on() else ())
 
     def set_layer_number(self, layer_number: int) -> None:
         """Called by megatron's TransformerLayer; seeds and logs use it."""
@@ -159,21 +186,73 @@ class Router(MegatronModule, ABC):
         """Tokens of the whole sequence batch: this rank's count summed over the sequence shards."""
         return self.sequence_sum(torch.tensor(float(num_local_tokens), device=device))
 
+    def balance_statistics(self, gate: torch.Tensor, counted_map: torch.Tensor) -> Optional[BalanceStatistics]:
+        """The statistics of a balance loss over the tokens ``--moe-router-load-balancing-type`` says
+        (``moe/load_balancing.py``); None when the balance loss is off or in evaluation.
+
+        Args:
+            gate: ``[T, E]`` the gate values the loss pushes (differentiable).
+            counted_map: ``[T, E]`` bool, the (token, expert) pairs it counts.
+        """
+        options = self.options
+        if not self.training or not options.balance_loss_on():
+            return None
+        kind = options.load_balancing_type
+        if kind == load_balancing.SEQ_AUX_LOSS:
+            counts = self.sequence_sum(per_sequence_sum(counted_map.float(), self.num_sequences))
+            num_tokens = self.sequence_token_count(gate.shape[0] // self.num_sequences, gate.device)
+            return BalanceStatistics(per_sequence_sum(gate, self.num_sequences), counts, num_tokens, num_tokens)
+        counts = self.sequence_sum(counted_map.sum(0).float())
+        num_tokens = self.sequence_token_count(gate.shape[0], gate.device)
+        if kind == load_balancing.GLOBAL_AUX_LOSS:
+            global_counts, global_tokens = self.global_counts.add(counts, num_tokens, self._data_parallel_group())
+            return BalanceStatistics(gate.sum(0), global_counts, global_tokens, num_tokens)
+        return BalanceStatistics(gate.sum(0), counts, num_tokens, num_tokens)
+
     def add_balance_loss(self, decision: RoutingDecision, probs: torch.Tensor, counted_map: torch.Tensor) -> None:
         """Attach alpha * N * sum_i (count_i / T) * (sum_x p_i(x) / T) to ``decision`` (training only).
 
         The Switch / GShard / EvoMoE eq. 10 form (``moe/balance.py``): ``probs`` ``[T, E]`` are the
         gate probabilities the loss pushes, ``counted_map`` ``[T, E]`` the (token, expert) pairs it
-        counts. Logged as ``balance``.
+        counts, over the tokens the load-balancing type chooses. Logged as ``balance``.
         """
-        coeff = self.options.aux_loss_coeff
-        if not self.training or coeff <= 0:
+        stats = self.balance_statistics(probs, counted_map)
+        if stats is None:
             return
-        counts = self.sequence_sum(counted_map.sum(0).float())
-        num_tokens = self.sequence_token_count(probs.shape[0], probs.device)
-        loss = count_weighted_balance_loss(probs.sum(0), counts, num_tokens, coeff)
+        loss = count_weighted_balance_loss(
+            stats.gate_sum, stats.counts, stats.num_tokens, self.options.aux_loss_coeff, stats.gate_num_tokens
+        )
+        self.add_loss(decision, "balance", loss)
+
+    def add_z_loss(self, decision: RoutingDecision, logits: torch.Tensor) -> None:
+        """Attach ST-MoE's router z-loss of ``logits`` ``[T, E]`` (training, ``--moe-z-loss-coeff``).
+
+        Under sequence parallelism each rank's term is its tokens' sum over the whole sequence's
+        token count, so the terms add up to the sequence's mean (megatron-core divides the
+        coefficient by the TP size instead: the same for equal shards). Logged as ``z_loss``.
+        """
+        if not self.training or not self.options.z_loss_on():
+            return
+        num_tokens = self.sequence_token_count(logits.shape[0], logits.device)
+        self.add_loss(decision, "z", router_z_loss(logits, num_tokens, self.options.z_loss_coeff))
+
+    @staticmethod
+    def add_loss(decision: RoutingDecision, name: str, loss: torch.Tensor) -> None:
+        """Add ``loss`` (weighted) to the decision's aux loss and log it as ``name``."""
         decision.aux_loss = loss if decision.aux_loss is None else decision.aux_loss + loss
-        decision.logged_losses["balance"] = loss.detach()
+        decision.logged_losses[name] = loss.detach()
+
+    def reset_global_aux_loss_tracker(self) -> None:
+        """Forget the step's global counts; megatron-core's ``finalize_model_grads`` calls this (by
+        this name) once per optimizer step when the load-balancing type is ``global_aux_loss``."""
+        self.global_counts.reset()
+
+    def _data_parallel_group(self) -> Optional[dist.ProcessGroup]:
+        """The ranks whose micro-batches make up the global batch (dense data parallelism, which
+        contains the expert-parallel ranks)."""
+        if self.dp_group is None:
+            self.dp_group = parallel_state.get_data_parallel_group()
+        return self.dp_group
 
     def gate_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """fp32 router logits ``[T, E]`` = hidden @ weight^T (routing decisions are precision sensitive)."""

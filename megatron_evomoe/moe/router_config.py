@@ -5,8 +5,9 @@ hyper-parameters (fields, defaults and docstrings, from which ``arguments.py`` g
 ``config_flags.py``), their validation, their defaults that depend on the run (:meth:`RouterConfig.
 resolved`), and its phases as pure functions of the iteration (:meth:`RouterConfig.routing_state`).
 The fields declared here are the flags every router shares (``--moe-aux-loss-coeff``,
-``--moe-router-topk``); a router gives them its own default by declaring the field again (plainly:
-the flag's name and help stay those declared here).
+``--moe-router-topk``, ``--moe-router-load-balancing-type``, ``--moe-z-loss-coeff``); a router gives
+them its own default by declaring the field again (plainly: the flag's name and help stay those
+declared here).
 
 No megatron-core import: tools that only plan runs read schedules without it.
 """
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from megatron_evomoe.config_flags import flag
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.moe.load_balancing import AUX_LOSS, LOAD_BALANCING_TYPES, NONE
 
 SPARSE = "sparse"
 """The phase of a router whose routing never changes with the iteration."""
@@ -58,17 +60,56 @@ class RouterConfig:
     """Weight of the router's balance loss (0: none); default per router, from its paper."""
     topk: int = flag(1, name="--moe-router-topk")
     """Experts per token, k (DSelect-k: its number of selectors); default per router."""
+    load_balancing_type: Literal["aux_loss", "seq_aux_loss", "global_aux_loss", "none"] = flag(
+        AUX_LOSS, name="--moe-router-load-balancing-type"
+    )
+    """Over which tokens the balance loss takes its statistics, as megatron-core: aux_loss (the
+    micro-batch; default), seq_aux_loss (each sequence, averaged), global_aux_loss (the global batch:
+    all data-parallel ranks and micro-batches), none (no balance loss). Routers without a balance
+    loss take only aux_loss or none (moe/load_balancing.py)."""
+    z_loss_coeff: Optional[float] = flag(None, name="--moe-z-loss-coeff")
+    """Weight of ST-MoE's router z-loss, mean over tokens of logsumexp(router logits)^2 (None or 0:
+    off, megatron-core's default; ST-MoE uses 1e-3); routers with logits only."""
 
     TOPK_CHOICES = None
     """The only top-k values the router accepts (None: any k in [1, --num-experts])."""
     TOPK_REASON = ""
     """Why a router with :attr:`TOPK_CHOICES` takes no other k (its paper's definition), for the error."""
 
+    BALANCE_LOSS = False
+    """Whether the router has a balance loss whose statistics ``load_balancing_type`` chooses
+    (it calls ``Router.balance_statistics``)."""
+
+    ROUTER_LOGITS = False
+    """Whether the router computes logits ``[T, E]`` (x W^T) that the z-loss applies to (it calls
+    ``Router.add_z_loss``)."""
+
     def __post_init__(self) -> None:
         if self.TOPK_CHOICES is not None and self.topk not in self.TOPK_CHOICES:
             raise InputError(self.topk_message())
         if self.aux_loss_coeff < 0:
             raise InputError("--moe-aux-loss-coeff must be >= 0")
+        if self.load_balancing_type not in LOAD_BALANCING_TYPES:
+            raise InputError(
+                f"--moe-router-load-balancing-type {self.load_balancing_type!r} is not one of {LOAD_BALANCING_TYPES}"
+            )
+        if not self.BALANCE_LOSS and self.load_balancing_type not in (AUX_LOSS, NONE):
+            raise InputError(
+                f"--moe-router-load-balancing-type {self.load_balancing_type}: this router has no balance loss "
+                f"(it takes only {AUX_LOSS} or {NONE})"
+            )
+        if self.z_loss_coeff is not None and self.z_loss_coeff < 0:
+            raise InputError("--moe-z-loss-coeff must be >= 0")
+        if self.z_loss_coeff and not self.ROUTER_LOGITS:
+            raise InputError(f"--moe-z-loss-coeff {self.z_loss_coeff}: this router has no logits for a z-loss")
+
+    def balance_loss_on(self) -> bool:
+        """Whether the balance loss is on (a balance loss, a positive coefficient, a type not none)."""
+        return self.BALANCE_LOSS and self.aux_loss_coeff > 0 and self.load_balancing_type != NONE
+
+    def z_loss_on(self) -> bool:
+        """Whether the router z-loss is on."""
+        return bool(self.ROUTER_LOGITS and self.z_loss_coeff)
 
     def topk_message(self) -> str:
         """The error for a top-k outside :attr:`TOPK_CHOICES`."""

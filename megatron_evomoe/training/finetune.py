@@ -235,7 +235,7 @@ def _train_epochs(session: TrainingSession, loop_task: Task, train_view, config,
     training = run.training
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), run.data_parallel_size
     iterator = build_iterator(train_view, 0, training.micro_batch_size, dp_rank, dp_size, training.num_workers)
-    loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
+    loss_names = router_class(run.model.moe_router_type).loss_names(run.model) if run.model.num_moe_experts else ()
     sums: dict[str, float] = {}
     steps_logged, consecutive_skips, start = 0, 0, time.time()
     clock = ProgressClock(config.epochs * train_view.steps_per_epoch, state.iteration)

@@ -516,7 +516,7 @@ def _pretrain(
                                 training.num_workers)
     writer = MetricsWriter(training.tensorboard_dir, training.log_json, tag_context(run, task.main_metric))
     probe = build_routing_probe(run, valid_ds)  # None unless --log-routing-probe N
-    loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
+    loss_names = router_class(run.model.moe_router_type).loss_names(run.model) if run.model.num_moe_experts else ()
     interval = IntervalLog()
     diagnostics = build_moe_diagnostics(  # None unless --log-moe-diagnostics
         run, session.controller, validation_loss(session, task, valid_ds, interval)

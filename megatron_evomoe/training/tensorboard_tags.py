@@ -22,7 +22,10 @@ task metrics (``lm_loss``)    the reported name, ``lm loss`` + ``lm loss vs samp
 (``..._per_layer``)           ``--moe-per-layer-logging``, ``moe/load_balancing_loss_layer_<i>``
                               (i: the 0-based decoder layer), divided by the coefficient as
                               megatron-core logs it; only for routers whose balance loss is
-                              megatron's (``Router.megatron_loss_names``)
+                              megatron's (``Router.megatron_loss_names``); ``seq_`` / ``global_``
+                              ``load_balancing_loss`` for those --moe-router-load-balancing-type
+``z_loss``                    ``z_loss`` and, with ``--moe-per-layer-logging``, ``moe/z_loss_layer_<i>``,
+(``..._per_layer``)           divided by the coefficient (every router, with ``--moe-z-loss-coeff``)
 ============================  ====================================================================
 
 Everything else keeps its record key: per MoE layer ``name/layer_k`` (k counts MoE layers), nested

@@ -12,6 +12,8 @@ PARSER_DEFAULTS = {
     "--moe-router-type": "switch",
     "--moe-aux-loss-coeff": None,  # the router's own (switch 0.01, ..., dts 0.1)
     "--moe-router-topk": None,  # the router's own (gshard 2, dselectk 2, others 1)
+    "--moe-router-load-balancing-type": None,  # the router's own: aux_loss (megatron-core's default)
+    "--moe-z-loss-coeff": None,  # off (megatron-core's default)
     "--moe-input-jitter-eps": 0.01,
     "--gshard-random-routing": True,
     "--base-auction-epsilon": 1e-4,
@@ -45,6 +47,8 @@ def test_router_flags_keep_their_names_and_defaults():
     assert {flag: actions[flag].default for flag in PARSER_DEFAULTS} == PARSER_DEFAULTS
     assert actions["--evomoe-optimizer-state"].choices == ["reset", "masked_copy"]
     assert actions["--hash-type"].choices == ["random", "balanced"]
+    balancing = actions["--moe-router-load-balancing-type"].choices
+    assert balancing == ["aux_loss", "seq_aux_loss", "global_aux_loss", "none"]  # megatron-core's, without sinkhorn
     assert actions["--dts-temperature-schedule"].choices == ["linear", "exponential", "cosine"]
 
 

@@ -5,7 +5,8 @@ in fairseq's BaseLayer). Training: a *balanced* assignment -- every expert recei
 of tokens -- maximising sum_t s_{t, a_t}, solved by the auction algorithm of ``moe/auction.py`` over
 all tokens of the token-exchange group (the ranks whose tokens the dispatcher pools: expert-parallel
 x tensor-parallel under sequence parallelism). Inference: greedy top-1, a_t = argmax_e s_{t,e}.
-No auxiliary loss: balance holds by construction.
+No balance loss: balance holds by construction (``--moe-z-loss-coeff`` adds the router z-loss of
+the scores).
 
 Combine weight: BASE mixes the assigned expert as sigmoid(s_{t,a}) * expert(h) + (1 - sigmoid) * h,
 where fairseq's expert network is itself residual (h + FFN(h)); that is h + sigmoid(s_{t,a}) *
@@ -77,6 +78,7 @@ class BaseRouter(Router):
 
         TOPK_CHOICES = (1,)
         TOPK_REASON = "BASE layers assign each token to exactly one expert (a linear assignment, Lewis et al. 2021)"
+        ROUTER_LOGITS = True  # the token-expert scores h . w_e
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -109,4 +111,6 @@ class BaseRouter(Router):
             expert = scores.detach().argmax(dim=-1)
         routing_map = F.one_hot(expert, self.num_experts).bool()  # [T, E]
         gate = torch.sigmoid(scores.gather(1, expert.unsqueeze(1)))  # [T, 1]
-        return RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
+        decision = RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
+        self.add_z_loss(decision, scores)
+        return decision

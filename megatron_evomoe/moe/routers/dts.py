@@ -96,6 +96,8 @@ class DTSRouter(Router):
             "the DTS gate anneals to Top-1 by definition (EvoMoE sec. III-C); before T_D the number of experts "
             "per token is set by --dts-threshold, not by a k"
         )
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True  # x W_g, before the Gumbel noise and the temperature
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -245,4 +247,5 @@ class DTSRouter(Router):
             gate, probs, routing_map = dts_gate(logits, state.temperature, self.options.dts_threshold, noise)
         decision = RoutingDecision(probs=probs, routing_map=routing_map, gate=gate)
         self.add_balance_loss(decision, gate, routing_map)  # eq. 10: count_i = tokens with g_i > 0
+        self.add_z_loss(decision, logits)  # the learned logits: tau and zeta are the schedule's
         return decision

@@ -66,6 +66,8 @@ class GShardRouter(Router):
 
         TOPK_CHOICES = (2,)
         TOPK_REASON = "GShard is top-2 by definition (Lepikhin et al. 2020; its random routing is of the 2nd expert)"
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True
 
     LOSS_NAMES = ("balance",)
 
@@ -76,11 +78,13 @@ class GShardRouter(Router):
         self.weight = self.new_gate_weight()
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
-        probs = torch.softmax(self.gate_logits(hidden, self.weight), dim=-1)  # [T, E]
+        logits = self.gate_logits(hidden, self.weight)  # [T, E]
+        probs = torch.softmax(logits, dim=-1)
         draw = None
         if self.training and self.options.gshard_random_routing:
             draw = torch.rand(probs.shape[0], device=probs.device, dtype=probs.dtype)
         weights, routing_map, first_map = top2_gating(probs, draw)
         decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, first_map)  # c_e: first choices only
+        self.add_z_loss(decision, logits)
         return decision

@@ -18,7 +18,8 @@ evaluates the distilled router once for the whole vocabulary into a persistent t
 expert), saved with every checkpoint; from then on routing is a lookup, so it can never change --
 whatever the optimizer later does to D and E^, which get no gradient. The output is still scaled
 by sigmoid(s_{t,a_t}) from the backbone centroids (eq. 10), which keep training. No aux loss in
-stage 2 (the task loss only).
+stage 2 (the task loss only; the optional router z-loss, ``--moe-z-loss-coeff``, applies to the
+scores s in both stages).
 
 Evaluation in stage 1 routes with the distilled router, argmax_i s^_{t,i}, as the reference
 implementation does (Hunter-DDM/stablemoe, ``BaseLayer.forward``: the distilled affinities are used
@@ -95,6 +96,8 @@ class StableMoERouter(Router):
 
         TOPK_CHOICES = (1,)
         TOPK_REASON = "StableMoE routes each token to one expert and distils that choice (Dai et al. 2022)"
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True  # the backbone centroid scores s_{t,i}
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -132,8 +135,8 @@ class StableMoERouter(Router):
 
     @classmethod
     def megatron_loss_names(cls, options) -> dict:
-        """None: StableMoE's balance loss (its eq. 4) is not megatron's load_balancing_loss."""
-        return {}
+        """Only the router z-loss: StableMoE's balance loss (its eq. 4) is not megatron's load_balancing_loss."""
+        return cls.megatron_z_loss_name(options)
 
     @classmethod
     def gate_flops(cls, config, state) -> float:
@@ -197,17 +200,18 @@ class StableMoERouter(Router):
         decision = RoutingDecision(probs=gate * routing_map, routing_map=routing_map)
         if self.training and not self.in_stage2:
             self._stage1_losses(decision, gate, expert, token_ids)
+        self.add_z_loss(decision, scores)  # both stages: the backbone centroids keep training
         return decision
 
     def _stage1_losses(self, decision, gate, expert, token_ids) -> None:
         """Balance (eq. 4) and distillation (eq. 6); per-rank partial sums under sequence parallelism."""
         options = self.options
-        counts = self.sequence_sum(decision.routing_map.sum(0).float())
+        stats = self.balance_statistics(gate * decision.routing_map, decision.routing_map)  # [T, E] sigmoid on A_i
+        if stats is not None:
+            balance = stablemoe_balance_loss(
+                stats.gate_sum, stats.counts, stats.num_tokens, options.aux_loss_coeff, stats.gate_num_tokens
+            )
+            self.add_loss(decision, "balance", balance)
         num_tokens = self.sequence_token_count(expert.numel(), gate.device)
-        assigned_gate_sum = (gate * decision.routing_map).sum(0)  # [E] sum_{t in A_i} sigmoid(s_{t,i})
-        balance = stablemoe_balance_loss(assigned_gate_sum, counts, num_tokens, options.aux_loss_coeff)
         distill_sum = F.cross_entropy(self.distilled(token_ids), expert, reduction="sum")
-        distill = options.stablemoe_distill_coeff * distill_sum / num_tokens
-        decision.aux_loss = balance + distill
-        decision.logged_losses["balance"] = balance.detach()
-        decision.logged_losses["distill"] = distill.detach()
+        self.add_loss(decision, "distill", options.stablemoe_distill_coeff * distill_sum / num_tokens)

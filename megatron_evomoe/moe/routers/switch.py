@@ -67,6 +67,8 @@ class SwitchRouter(Router):
 
         TOPK_CHOICES = (1,)
         TOPK_REASON = "Switch is top-1 by definition (Fedus et al. 2021: one expert per token)"
+        BALANCE_LOSS = True
+        ROUTER_LOGITS = True
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -89,4 +91,5 @@ class SwitchRouter(Router):
         weights, routing_map = top1_routing(probs)
         decision = RoutingDecision(probs=weights, routing_map=routing_map, gate=probs)
         self.add_balance_loss(decision, probs, routing_map)  # f_i: top-1 choices
+        self.add_z_loss(decision, logits)
         return decision

@@ -58,9 +58,9 @@ def dts_losses_under_sequence_parallel() -> dict:
     seen = {}
     original = balance.count_weighted_balance_loss
 
-    def recording(probs_sum, counts, num_tokens, coeff):
+    def recording(probs_sum, counts, num_tokens, coeff, *rest):
         seen["counts"] = counts.tolist()
-        return original(probs_sum, counts, num_tokens, coeff)
+        return original(probs_sum, counts, num_tokens, coeff, *rest)
 
     import megatron_evomoe.moe.router as router_module
 
