@@ -29,6 +29,7 @@ from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 from megatron_evomoe.config import ModelConfig
 from megatron_evomoe.moe.balance import count_weighted_balance_loss
 from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.serving_gate import ServingGate
 
 
 @dataclass
@@ -124,6 +125,11 @@ class Router(MegatronModule, ABC):
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare_from_data` state is present (e.g. restored from a checkpoint)."""
         return True
+
+    def serving_gate(self, state: RoutingState) -> Optional[ServingGate]:
+        """This gate's evaluation forward in ``state`` as one of the plain kinds of
+        ``moe/serving_gate.py`` (model export); None where it is none of them."""
+        return None
 
     @abstractmethod
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:

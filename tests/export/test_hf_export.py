@@ -1,0 +1,108 @@
+"""tools/export_hf.py: the exported Hugging Face model computes what ours computes.
+
+Oracle: our own trained model (the training session's, not reloaded) in its final routing state,
+run through megatron's GPTModel forward. The exported directory is loaded by transformers alone
+(``AutoModelForCausalLM`` with ``trust_remote_code``), on real text tokenized by the run's tokenizer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "transformers", reason="the [hf] extra is not installed (pip install -e '.[hf]'): Hugging Face export untested"
+)
+pytest.importorskip("safetensors", reason="the [hf] extra is not installed (pip install -e '.[hf]')")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from megatron_evomoe.data.tokenizer import build_tokenizer  # noqa: E402
+from megatron_evomoe.models.gpt import build_gpt_model  # noqa: E402
+from megatron_evomoe.moe.evolution import PhaseController  # noqa: E402
+from megatron_evomoe.training.checkpointing import unwrap_model  # noqa: E402
+from tests.export.hf_fixtures import PROMPT, train_checkpoint, train_tokenizer  # noqa: E402
+from tests.tiny import tiny_run  # noqa: E402
+from tools.export_hf import main as export_main  # noqa: E402
+
+NEW_TOKENS = 20
+
+
+def _our_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.no_grad():
+        return model(ids, positions, None, padding_mask=ids).float()
+
+
+def _our_greedy(model, ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """Greedy decoding with our model: the whole sequence again at every step, stop after EOS."""
+    for _ in range(NEW_TOKENS):
+        next_id = _our_logits(model, ids)[:, -1].argmax(dim=-1, keepdim=True)
+        ids = torch.cat([ids, next_id], dim=1)
+        if int(next_id) == eos:
+            break
+    return ids
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    return train_tokenizer(str(tmp_path_factory.mktemp("tokenizer")))
+
+
+@pytest.mark.parametrize(
+    "name, flags, phase",
+    [
+        # EvoMoE past T_D: stage 1 (step 0), diversify, DTS (step 1), Top-1 (steps 2-3) at the final tau.
+        ("evomoe", ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "1", "--dts-anneal-iters", "1",
+                    "--dts-top1-iter", "2"], "top1"),
+        ("gshard", ["--moe-router-type", "gshard", "--train-iters", "2"], "sparse"),
+    ],
+)
+def test_exported_model_matches_the_trained_model(name, flags, phase, tokenizer_path, tmp_path, megatron_world_of_one):
+    session = train_checkpoint(str(tmp_path / "ckpt"), tokenizer_path, *flags)
+    ours = unwrap_model(session.model[0])
+    ours.eval()
+    assert session.controller.applied_state.phase == phase
+
+    directory = export_main(["--load", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / f"hf_{name}")])
+    theirs = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+    hf_tokenizer = AutoTokenizer.from_pretrained(directory)
+
+    our_tokenizer = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=tokenizer_path)
+    ids = our_tokenizer.tokenize(PROMPT)
+    assert hf_tokenizer(PROMPT)["input_ids"] == ids and our_tokenizer.unk not in ids
+    ids = torch.tensor([ids])
+    assert torch.allclose(theirs(ids).logits, _our_logits(ours, ids), rtol=0, atol=1e-5)
+
+    eos = our_tokenizer.eod
+    assert theirs.generation_config.eos_token_id == eos
+    generated = theirs.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+    expected = _our_greedy(ours, ids, eos)
+    assert generated.tolist() == expected.tolist()
+
+
+# DTS in each phase: stage 1 (exported as the shared FFN), the dense DTS mixture, Top-1.
+ROUTER_STATES = [
+    ("dts", 0), ("dts", 1), ("dts", None), ("switch", None), ("gshard", None), ("base", None),
+    ("hash", None), ("stablemoe", None), ("stablemoe", 0), ("dselectk", None),
+]
+
+
+@pytest.mark.parametrize("router, iteration", ROUTER_STATES)
+def test_every_router_state_exports(router, iteration, tmp_path, megatron_world_of_one):
+    """An untrained model of each router in a routing state (None: the final one), written by the
+    exporter's converter and writer and loaded by transformers, gives our logits."""
+    from megatron_evomoe.export.hf_convert import convert_gpt
+    from megatron_evomoe.export.hf_writer import write_hf_directory
+
+    run = tiny_run("--moe-router-type", router, "--max-position-embeddings", "64", "--train-iters", "40",
+                   "--evomoe-shared-expert-iters", "1", "--dts-anneal-iters", "30")
+    options = run.model.moe_router
+    state = options.final_state(40) if iteration is None else options.routing_state(iteration)
+    model = build_gpt_model(run.model)
+    PhaseController(run.model).apply_state([model], state)
+    model.eval()
+    directory = write_hf_directory(convert_gpt(model, run.model, state), str(tmp_path / f"{router}_{iteration}"))
+    theirs = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+    ids = torch.randint(0, run.model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(theirs(ids).logits, _our_logits(model, ids), rtol=0, atol=1e-5)
