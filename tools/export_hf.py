@@ -9,7 +9,7 @@ Tokenizer flags default to those the run recorded; give them to point at moved f
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("hf_model", trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained("hf_model")
+    tokenizer = AutoTokenizer.from_pretrained("hf_model", trust_remote_code=True)
 """
 
 import argparse

@@ -24,7 +24,10 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_evomoe.arguments import RunConfig, architecture_meta, build_parser, build_run_config
+from megatron_evomoe.data.errors import DataInputError
+from megatron_evomoe.data.gpt_dataset import PATH_FLAGS, GPTDataConfig
 from megatron_evomoe.data.tokenizer import FastTokenizer, build_tokenizer_from_args, padded_vocab_size
+from megatron_evomoe.data.tokenizer_record import check_tokenizer_record, record_path
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.models.gpt import build_gpt_model
 from megatron_evomoe.moe.evolution import PhaseController
@@ -108,6 +111,20 @@ def _tokenizer(args: argparse.Namespace) -> Optional[FastTokenizer]:
     return build_tokenizer_from_args(args)
 
 
+def check_tokenizer_against_data(saved: dict[str, Any], tokenizer: FastTokenizer) -> None:
+    """DataInputError when the training data's ``PREFIX.tokenizer.json`` (written by preprocessing)
+    names another tokenizer than the one exported: e.g. a ``--vocab-file`` override pointing at the
+    wrong file. Prefixes whose record is not reachable from here are not checked."""
+    paths = {name: saved.get(name) for name in PATH_FLAGS}
+    try:
+        data = GPTDataConfig(seq_length=1, **paths)
+    except DataInputError:  # no data flags recorded, or not parseable: nothing to compare with
+        return
+    for prefix, flag in data.prefixes():
+        if os.path.isfile(record_path(prefix)):
+            check_tokenizer_record(prefix, tokenizer, flag)
+
+
 def load_serving_model(
     root: str, iteration: Optional[int] = None, tokenizer_overrides: Optional[dict[str, Any]] = None
 ) -> ServingModel:
@@ -124,8 +141,11 @@ def load_serving_model(
         raise checkpointing.CheckpointError(f"no checkpoint of iteration {iteration} in {root}: {ckpt_dir} is missing")
     if holds_key_prefix(ckpt_dir, BERT_KEY_PREFIX):
         raise InputError(f"{ckpt_dir} is a BERT checkpoint: only GPT-MoE checkpoints (pretrain_gpt_moe.py) export")
-    args = export_args(checkpoint_flags(ckpt_dir), tokenizer_overrides)
+    saved = checkpoint_flags(ckpt_dir)
+    args = export_args(saved, tokenizer_overrides)
     tokenizer = _tokenizer(args)
+    if tokenizer is not None:
+        check_tokenizer_against_data(saved, tokenizer)
     vocab = _saved_padded_vocab(ckpt_dir)
     if vocab is None:
         if tokenizer is None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 
+from megatron_evomoe.data.tokenizer import build_tokenizer
+from megatron_evomoe.data.tokenizer_record import record_path, tokenizer_record
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.export.gpt_checkpoint import check_tokenizer_against_data
 from megatron_evomoe.export.hf_convert import convert_gpt
 from megatron_evomoe.models.gpt import build_gpt_model
 from megatron_evomoe.moe.evolution import PhaseController
+from tests.export.hf_fixtures import train_tokenizer
 from tests.tiny import tiny_run
 from tools.export_hf import main as export_main
 
@@ -62,3 +67,18 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path, capsys, megatron
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "latest_checkpointed_iteration.txt" in err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_tokenizer_other_than_the_datas_is_refused(tmp_path):
+    """The data's PREFIX.tokenizer.json (tools/preprocess_data.py) names the tokenizer it was made with."""
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=train_tokenizer(str(tmp_path)))
+    prefix = str(tmp_path / "corpus_text_document")
+    saved = {"data_path": [prefix]}
+    check_tokenizer_against_data(saved, tokenizer)  # no record: not checked
+    with open(record_path(prefix), "w") as handle:
+        json.dump({**tokenizer_record(tokenizer), "vocab_sha256": "0" * 64}, handle)
+    with pytest.raises(InputError, match="--data-path"):
+        check_tokenizer_against_data(saved, tokenizer)
+    with open(record_path(prefix), "w") as handle:
+        json.dump(tokenizer_record(tokenizer), handle)
+    check_tokenizer_against_data(saved, tokenizer)

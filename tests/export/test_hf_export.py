@@ -66,7 +66,7 @@ def test_exported_model_matches_the_trained_model(name, flags, phase, tokenizer_
 
     directory = export_main(["--load", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / f"hf_{name}")])
     theirs = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
-    hf_tokenizer = AutoTokenizer.from_pretrained(directory)
+    hf_tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
 
     our_tokenizer = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=tokenizer_path)
     ids = our_tokenizer.tokenize(PROMPT)
