@@ -16,15 +16,14 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("EVOMOE_FORCE_CPU", "1")  # one process on the CPU, whatever the machine has
+import torch
 
-import torch  # noqa: E402
-
-from megatron_evomoe import initialize  # noqa: E402
-from megatron_evomoe.errors import InputError  # noqa: E402
-from megatron_evomoe.export.gpt_checkpoint import TOKENIZER_FLAGS  # noqa: E402
-from megatron_evomoe.export.hf_export import export_checkpoint  # noqa: E402
-from megatron_evomoe.training.entry import quiet_megatron  # noqa: E402
+from megatron_evomoe import initialize
+from megatron_evomoe.errors import InputError
+from megatron_evomoe.export.gpt_checkpoint import TOKENIZER_FLAGS
+from megatron_evomoe.export.hf_export import export_checkpoint
+from megatron_evomoe.export.hf_writer import DTYPES
+from megatron_evomoe.training.entry import quiet_megatron
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ckpt-step", type=int, default=None, help="iteration to export (default: the latest)")
     parser.add_argument("--output-dir", required=True, help="the Hugging Face model directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32",
+        help="of the exported weights (float32: exact for fp32 and bf16 checkpoints alike)",
+    )
     group = parser.add_argument_group("tokenizer (default: the flags recorded in the checkpoint)")
     for name in TOKENIZER_FLAGS:
         group.add_argument("--" + name.replace("_", "-"), default=None)
@@ -43,10 +46,13 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     quiet_megatron()
     owns_world = not torch.distributed.is_initialized()  # in-process callers (tests) keep theirs
+    if owns_world:
+        os.environ.setdefault("EVOMOE_FORCE_CPU", "1")  # one process on the CPU, whatever the machine has
     try:
         initialize.initialize(initialize.ParallelLayout(), seed=0)
         overrides = {name: getattr(args, name) for name in TOKENIZER_FLAGS}
-        directory, source = export_checkpoint(args.load, args.output_dir, args.ckpt_step, overrides, args.overwrite)
+        directory, source = export_checkpoint(args.load, args.output_dir, args.ckpt_step, overrides, args.overwrite,
+                                               args.dtype)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

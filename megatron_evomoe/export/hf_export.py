@@ -28,6 +28,7 @@ def export_checkpoint(
     iteration: Optional[int] = None,
     tokenizer_overrides: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
+    dtype: str = "float32",
 ) -> tuple[str, ServingModel]:
     """Export checkpoint ``root`` to ``output_dir``; returns (the directory, the loaded source model).
 
@@ -35,5 +36,5 @@ def export_checkpoint(
     """
     source = load_serving_model(root, iteration, tokenizer_overrides)
     hf_model = convert_gpt(source.model, source.run.model, source.routing_state)
-    directory = write_hf_directory(hf_model, output_dir, source.tokenizer, provenance(source), overwrite)
+    directory = write_hf_directory(hf_model, output_dir, source.tokenizer, provenance(source), overwrite, dtype)
     return directory, source

@@ -15,6 +15,8 @@ import os
 import shutil
 from typing import Any, Optional
 
+import torch
+
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.export.hf_convert import HFModel
 
@@ -54,8 +56,16 @@ def _tokenizer_files(tokenizer, directory: str, max_length: int) -> dict[str, Op
     return {"bos_token_id": eod, "eos_token_id": eod, "pad_token_id": pad}
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def write_hf_directory(
-    hf_model: HFModel, directory: str, tokenizer=None, provenance: Optional[dict] = None, overwrite: bool = False
+    hf_model: HFModel,
+    directory: str,
+    tokenizer=None,
+    provenance: Optional[dict] = None,
+    overwrite: bool = False,
+    dtype: str = "float32",
 ) -> str:
     """Write ``hf_model`` (and ``tokenizer``, a FastTokenizer, when given) into ``directory``.
 
@@ -63,6 +73,7 @@ def write_hf_directory(
         provenance: recorded under ``"megatron_evomoe"`` in config.json (checkpoint, iteration,
             router, routing state).
         overwrite: replace an existing ``directory`` (otherwise InputError).
+        dtype: of the floating-point weights (a key of :data:`DTYPES`); gates compute in fp32 anyway.
     """
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not overwrite:
@@ -83,7 +94,7 @@ def write_hf_directory(
         **hf_model.config,
         **token_ids,
         "tie_word_embeddings": False,  # the output layer reads the input embedding directly
-        "dtype": "float32",
+        "dtype": dtype,
         "megatron_evomoe": provenance or {},
     }
     with open(os.path.join(tmp, "config.json"), "w") as handle:
@@ -92,7 +103,8 @@ def write_hf_directory(
                   "use_cache": False}
     with open(os.path.join(tmp, "generation_config.json"), "w") as handle:
         json.dump(generation, handle, indent=1)
-    _save_safetensors(hf_model.tensors, os.path.join(tmp, "model.safetensors"), {"format": "pt"})
+    tensors = {name: t.to(DTYPES[dtype]) if t.is_floating_point() else t for name, t in hf_model.tensors.items()}
+    _save_safetensors(tensors, os.path.join(tmp, "model.safetensors"), {"format": "pt"})
     shutil.copyfile(os.path.join(os.path.dirname(__file__), MODELING_FILE), os.path.join(tmp, MODELING_FILE))
     if os.path.exists(directory):
         shutil.rmtree(directory)
