@@ -245,12 +245,17 @@ class EvoMoEGPTModel(EvoMoEGPTPreTrainedModel):
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {seq} tokens is longer than max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
-        positions = torch.arange(seq, device=input_ids.device)
-        x = self.wte(input_ids) + self.wpe(positions).unsqueeze(0)
+        positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            causal = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
-            mask = causal & attention_mask.bool()[:, None, None, :]  # SDPA: True = may attend
+            # Padding (left or right): real tokens are numbered from 0 and attend only to real tokens;
+            # every token attends to itself, so that no row of the softmax is empty.
+            keep = attention_mask.bool()
+            positions = (keep.long().cumsum(-1) - 1).clamp_min(0)
+            causal = torch.ones(seq, seq, dtype=torch.bool, device=input_ids.device).tril()
+            itself = torch.eye(seq, dtype=torch.bool, device=input_ids.device)
+            mask = (causal & keep[:, None, None, :]) | itself  # [b, 1, s, s]; SDPA: True = may attend
+        x = self.wte(input_ids) + self.wpe(positions)
         for layer in self.layers:
             x = layer(x, mask, input_ids)
         return self.ln_f(x)

@@ -74,6 +74,14 @@ def test_exported_model_matches_the_trained_model(name, flags, phase, tokenizer_
     ids = torch.tensor([ids])
     assert torch.allclose(theirs(ids).logits, _our_logits(ours, ids), rtol=0, atol=1e-5)
 
+    # Left-padded next to a longer prompt, the prompt's logits stay the same.
+    longer = torch.cat([ids, ids], dim=1)
+    padded = torch.cat([torch.full_like(ids, our_tokenizer.eod), ids], dim=1)
+    mask = torch.cat([torch.zeros_like(ids), torch.ones_like(ids)], dim=1)
+    batch = theirs(torch.cat([padded, longer]), attention_mask=torch.cat([mask, torch.ones_like(mask)])).logits
+    assert torch.allclose(batch[0, ids.shape[1]:], _our_logits(ours, ids)[0], rtol=0, atol=1e-5)
+    assert torch.allclose(batch[1], _our_logits(ours, longer)[0], rtol=0, atol=1e-5)
+
     eos = our_tokenizer.eod
     assert theirs.generation_config.eos_token_id == eos
     generated = theirs.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
