@@ -28,7 +28,9 @@ from megatron_evomoe.training.entry import quiet_megatron
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--load", required=True, help="checkpoint directory (the training run's --save)")
+    parser.add_argument(
+        "--load", required=True, help="checkpoint directory (the training run's --save, or one of its iter_XXXXXXX)"
+    )
     parser.add_argument("--ckpt-step", type=int, default=None, help="iteration to export (default: the latest)")
     parser.add_argument("--output-dir", required=True, help="the Hugging Face model directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from megatron.core import dist_checkpointing
 
 from megatron_evomoe.arguments import RunConfig, architecture_meta, build_parser, build_run_config
 from megatron_evomoe.data.errors import DataInputError
@@ -35,6 +34,7 @@ from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpoint_files import holds_key_prefix
 from megatron_evomoe.training.model_args import model_flag_names
+from megatron_evomoe.training.upcycle_source import locate, read_args
 
 RUN_FLAGS = ("train_iters", "micro_batch_size", "seq_length", "seed")
 """Flags outside the model groups that the model depends on: the run length resolves routing
@@ -63,15 +63,7 @@ class ServingModel:
 
 def checkpoint_flags(ckpt_dir: str) -> dict[str, Any]:
     """The training flags recorded in ``ckpt_dir/common.pt`` (CheckpointError without them)."""
-    try:
-        common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    except Exception as exc:  # noqa: BLE001 - many types from torch.load
-        raise checkpointing.CheckpointError(f"{ckpt_dir}: cannot read common.pt ({exc})") from None
-    args = common.get("args") if isinstance(common, dict) else None
-    if not isinstance(args, argparse.Namespace):
-        raise checkpointing.CheckpointError(
-            f"{ckpt_dir} records no training flags (common.pt has no 'args'): not written by pretrain_gpt_moe.py"
-        )
+    args, _ = read_args(ckpt_dir)
     return vars(args)
 
 
@@ -128,17 +120,16 @@ def check_tokenizer_against_data(saved: dict[str, Any], tokenizer: FastTokenizer
 def load_serving_model(
     root: str, iteration: Optional[int] = None, tokenizer_overrides: Optional[dict[str, Any]] = None
 ) -> ServingModel:
-    """Load checkpoint ``root`` (newest, or ``iteration``) into a TP=PP=EP=1 GPT-MoE in eval mode.
+    """Load checkpoint ``root`` (newest, or ``iteration``; or ``root`` names an ``iter_XXXXXXX``
+    directory) into a TP=PP=EP=1 GPT-MoE in eval mode.
 
     Needs torch.distributed and megatron's parallel state initialised as a world of one.
 
     Raises:
         InputError: not a GPT-MoE checkpoint, tokenizer files missing, or a model that does not fit.
     """
-    iteration = checkpointing.read_tracker(root) if iteration is None else iteration
-    ckpt_dir = checkpointing.checkpoint_dir(root, iteration)
-    if not os.path.isdir(ckpt_dir):
-        raise checkpointing.CheckpointError(f"no checkpoint of iteration {iteration} in {root}: {ckpt_dir} is missing")
+    ckpt_dir = locate(root, iteration)  # root may also name an iter_XXXXXXX directory
+    root, iteration = os.path.dirname(ckpt_dir), int(os.path.basename(ckpt_dir)[len("iter_"):])
     if holds_key_prefix(ckpt_dir, BERT_KEY_PREFIX):
         raise InputError(f"{ckpt_dir} is a BERT checkpoint: only GPT-MoE checkpoints (pretrain_gpt_moe.py) export")
     saved = checkpoint_flags(ckpt_dir)

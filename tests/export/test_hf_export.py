@@ -50,21 +50,23 @@ def tokenizer_path(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "name, flags, phase",
+    "name, flags, phase, load",
     [
         # EvoMoE past T_D: stage 1 (step 0), diversify, DTS (step 1), Top-1 (steps 2-3) at the final tau.
         ("evomoe", ["--moe-router-type", "dts", "--evomoe-shared-expert-iters", "1", "--dts-anneal-iters", "1",
-                    "--dts-top1-iter", "2"], "top1"),
-        ("gshard", ["--moe-router-type", "gshard", "--train-iters", "2"], "sparse"),
+                    "--dts-top1-iter", "2"], "top1", "ckpt"),
+        ("gshard", ["--moe-router-type", "gshard", "--train-iters", "2"], "sparse", "ckpt/iter_0000002"),
     ],
 )
-def test_exported_model_matches_the_trained_model(name, flags, phase, tokenizer_path, tmp_path, megatron_world_of_one):
+def test_exported_model_matches_the_trained_model(
+    name, flags, phase, load, tokenizer_path, tmp_path, megatron_world_of_one
+):
     session = train_checkpoint(str(tmp_path / "ckpt"), tokenizer_path, *flags)
     ours = unwrap_model(session.model[0])
     ours.eval()
     assert session.controller.applied_state.phase == phase
 
-    directory = export_main(["--load", str(tmp_path / "ckpt"), "--output-dir", str(tmp_path / f"hf_{name}")])
+    directory = export_main(["--load", str(tmp_path / load), "--output-dir", str(tmp_path / f"hf_{name}")])
     theirs = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
     hf_tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
 
