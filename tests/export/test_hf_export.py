@@ -7,25 +7,41 @@ run through megatron's GPTModel forward. The exported directory is loaded by tra
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
-pytest.importorskip(
-    "transformers", reason="the [hf] extra is not installed (pip install -e '.[hf]'): Hugging Face export untested"
+from megatron_evomoe.data.tokenizer import build_tokenizer
+from megatron_evomoe.export.hf_convert import convert_gpt
+from megatron_evomoe.export.hf_writer import write_hf_directory
+from megatron_evomoe.models.gpt import build_gpt_model
+from megatron_evomoe.moe.evolution import PhaseController
+from megatron_evomoe.training.checkpointing import unwrap_model
+from tests.export.hf_fixtures import PROMPT, train_checkpoint, train_tokenizer
+from tests.tiny import tiny_run
+from tools.export_hf import main as export_main
+
+MISSING = [name for name in ("transformers", "safetensors") if importlib.util.find_spec(name) is None]
+# Checked without importing transformers, so that collecting the suite does not pay for its import.
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"the [hf] extra is not installed ({', '.join(MISSING)}): pip install -e '.[hf]'"
 )
-pytest.importorskip("safetensors", reason="the [hf] extra is not installed (pip install -e '.[hf]')")
-
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from megatron_evomoe.data.tokenizer import build_tokenizer  # noqa: E402
-from megatron_evomoe.models.gpt import build_gpt_model  # noqa: E402
-from megatron_evomoe.moe.evolution import PhaseController  # noqa: E402
-from megatron_evomoe.training.checkpointing import unwrap_model  # noqa: E402
-from tests.export.hf_fixtures import PROMPT, train_checkpoint, train_tokenizer  # noqa: E402
-from tests.tiny import tiny_run  # noqa: E402
-from tools.export_hf import main as export_main  # noqa: E402
-
 NEW_TOKENS = 20
+
+
+@pytest.fixture(scope="module")
+def auto_model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+@pytest.fixture(scope="module")
+def auto_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
 
 
 def _our_logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -59,7 +75,7 @@ def tokenizer_path(tmp_path_factory):
     ],
 )
 def test_exported_model_matches_the_trained_model(
-    name, flags, phase, load, tokenizer_path, tmp_path, megatron_world_of_one
+    name, flags, phase, load, tokenizer_path, tmp_path, megatron_world_of_one, auto_model, auto_tokenizer
 ):
     session = train_checkpoint(str(tmp_path / "ckpt"), tokenizer_path, *flags)
     ours = unwrap_model(session.model[0])
@@ -67,8 +83,8 @@ def test_exported_model_matches_the_trained_model(
     assert session.controller.applied_state.phase == phase
 
     directory = export_main(["--load", str(tmp_path / load), "--output-dir", str(tmp_path / f"hf_{name}")])
-    theirs = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
-    hf_tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
+    theirs = auto_model.from_pretrained(directory, trust_remote_code=True)
+    hf_tokenizer = auto_tokenizer.from_pretrained(directory, trust_remote_code=True)
 
     our_tokenizer = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=tokenizer_path)
     ids = our_tokenizer.tokenize(PROMPT)
@@ -99,12 +115,9 @@ ROUTER_STATES = [
 
 
 @pytest.mark.parametrize("router, iteration", ROUTER_STATES)
-def test_every_router_state_exports(router, iteration, tmp_path, megatron_world_of_one):
+def test_every_router_state_exports(router, iteration, tmp_path, megatron_world_of_one, auto_model):
     """An untrained model of each router in a routing state (None: the final one), written by the
     exporter's converter and writer and loaded by transformers, gives our logits."""
-    from megatron_evomoe.export.hf_convert import convert_gpt
-    from megatron_evomoe.export.hf_writer import write_hf_directory
-
     run = tiny_run("--moe-router-type", router, "--max-position-embeddings", "64", "--train-iters", "40",
                    "--evomoe-shared-expert-iters", "1", "--dts-anneal-iters", "30")
     options = run.model.moe_router
@@ -113,6 +126,6 @@ def test_every_router_state_exports(router, iteration, tmp_path, megatron_world_
     PhaseController(run.model).apply_state([model], state)
     model.eval()
     directory = write_hf_directory(convert_gpt(model, run.model, state), str(tmp_path / f"{router}_{iteration}"))
-    theirs = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
+    theirs = auto_model.from_pretrained(directory, trust_remote_code=True)
     ids = torch.randint(0, run.model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(theirs(ids).logits, _our_logits(model, ids), rtol=0, atol=1e-5)
