@@ -18,6 +18,7 @@ from megatron_evomoe import initialize
 from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.flag_rules import check_required
 from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
 from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
 from megatron_evomoe.training.startup_checks import check_startup
@@ -39,7 +40,9 @@ def configure(
     """Tokenizer (for the vocabulary size) and the validated run config.
 
     ``tokenizer_provider(args)`` builds the tokenizer (BERT adds its special tokens to a BPE one).
+    The required flags are checked first: a command line missing them hears so before anything else.
     """
+    check_required(args)
     tokenizer = tokenizer_provider(args)
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size

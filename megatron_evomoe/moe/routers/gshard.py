@@ -66,6 +66,7 @@ class GShardRouter(Router):
         Algorithm 1; on by default, --no-gshard-random-routing: always both experts)."""
 
         TOPK_CHOICES = (2,)
+        TOPK_REASON = "GShard is top-2 by definition (Lepikhin et al. 2020; its random routing is of the 2nd expert)"
 
     LOSS_NAMES = ("balance",)
 
