@@ -36,14 +36,15 @@ from megatron_evomoe.training.checkpoint_files import holds_key_prefix
 from megatron_evomoe.training.model_args import model_flag_names
 from megatron_evomoe.training.upcycle_source import locate, read_args
 
-RUN_FLAGS = ("train_iters", "micro_batch_size", "seq_length", "seed")
+RUN_FLAGS = ("train_iters", "micro_batch_size", "seq_length", "seed", "lr")
 """Flags outside the model groups that the model depends on: the run length resolves routing
-schedules (T_S, T_D, StableMoE's stage 1), the others their run-dependent defaults."""
+schedules (T_S, T_D, StableMoE's stage 1), the others their run-dependent defaults (``--lr``: only
+because a run must name it). ``train_iters`` is recorded resolved, also for ``--train-samples``."""
 
 SINGLE_PROCESS = {
     "tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "expert_model_parallel_size": 1,
     "expert_tensor_parallel_size": None, "sequence_parallel": False, "use_distributed_optimizer": False,
-    "bf16": False, "fp16": False, "global_batch_size": None,
+    "bf16": False, "fp16": False, "global_batch_size": None, "train_samples": None,
 }
 TOKENIZER_FLAGS = ("tokenizer_type", "vocab_file", "merge_file", "tokenizer_model")
 BERT_KEY_PREFIX = "lm_head."
