@@ -36,7 +36,7 @@ def _save_safetensors(tensors: dict, path: str, metadata: dict) -> None:
     save_file(tensors, path, metadata=metadata)
 
 
-def _tokenizer_files(tokenizer, directory: str, max_length: int) -> dict[str, Optional[int]]:
+def write_tokenizer_files(tokenizer, directory: str, max_length: int) -> dict[str, Optional[int]]:
     """tokenizer.json + tokenizer_config.json; returns the bos/eos/pad ids for config.json."""
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as handle:
         handle.write(tokenizer.to_json())
@@ -83,7 +83,7 @@ def write_hf_directory(
     os.makedirs(tmp)
     token_ids = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if tokenizer is not None:
-        token_ids = _tokenizer_files(tokenizer, tmp, hf_model.config["max_position_embeddings"])
+        token_ids = write_tokenizer_files(tokenizer, tmp, hf_model.config["max_position_embeddings"])
     config = {
         "architectures": [ARCHITECTURE],
         "model_type": MODEL_TYPE,

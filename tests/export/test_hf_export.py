@@ -14,11 +14,11 @@ import torch
 
 from megatron_evomoe.data.tokenizer import build_tokenizer
 from megatron_evomoe.export.hf_convert import convert_gpt
-from megatron_evomoe.export.hf_writer import write_hf_directory
+from megatron_evomoe.export.hf_writer import write_hf_directory, write_tokenizer_files
 from megatron_evomoe.models.gpt import build_gpt_model
 from megatron_evomoe.moe.evolution import PhaseController
 from megatron_evomoe.training.checkpointing import unwrap_model
-from tests.export.hf_fixtures import PROMPT, train_checkpoint, train_tokenizer
+from tests.export.hf_fixtures import PROMPT, TEXT, train_checkpoint, train_tokenizer
 from tests.tiny import tiny_run
 from tools.export_hf import main as export_main
 
@@ -129,3 +129,22 @@ def test_every_router_state_exports(router, iteration, tmp_path, megatron_world_
     theirs = auto_model.from_pretrained(directory, trust_remote_code=True)
     ids = torch.randint(0, run.model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(theirs(ids).logits, _our_logits(model, ids), rtol=0, atol=1e-5)
+
+
+def test_a_gpt2_bpe_tokenizer_exports_as_itself(tmp_path, auto_tokenizer):
+    """Megatron's GPT2BPETokenizer files (vocab.json + merges.txt), written as tokenizer.json: the
+    same ids and text back. One documented difference: a literal ``<|endoftext|>`` in the text is the
+    EOS token for the exported tokenizer (as for Hugging Face's GPT-2), text for Megatron's."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"])
+    trainer.save_model(str(tmp_path))
+    ours = build_tokenizer("GPT2BPETokenizer", str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    ids = write_tokenizer_files(ours, str(tmp_path), max_length=64)
+    assert ids == {"bos_token_id": ours.eod, "eos_token_id": ours.eod, "pad_token_id": None}
+    theirs = auto_tokenizer.from_pretrained(str(tmp_path))
+    text = "The quick brown fox, jumps!  Über\n\tthe gate  "
+    assert theirs(text)["input_ids"] == ours.tokenize(text)
+    assert theirs.decode(ours.tokenize(text)) == text
+    assert theirs.eos_token_id == ours.eod and theirs("<|endoftext|>")["input_ids"] == [ours.eod]
