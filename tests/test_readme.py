@@ -113,7 +113,7 @@ def test_the_readme_says_to_activate_the_venv_after_make_setup():
 
 
 def test_every_shell_command_is_classified():
-    known = {"python", "make", "source", "bash"}
+    known = {"python", "make", "source", "bash", "pip"}
     for command in readme_commands():
         assert not re.search(r"<[^>]*>|\.\.\.", command.split("#")[0]), f"README command with a placeholder: {command}"
         program = words(command)[0]
@@ -134,6 +134,8 @@ def test_commands_parse():
             assert tokens[1] == ".venv/bin/activate", command
         elif tokens[0] == "bash":
             problems += [] if (REPO / tokens[1]).is_file() else [f"no script {tokens[1]}: {command}"]
+        elif tokens[0] == "pip":
+            problems += pip_install_problems(tokens, command)
         else:
             script = script_of(command)
             if not (REPO / script).is_file():
@@ -147,6 +149,17 @@ def test_commands_parse():
             unknown = sorted(flags_of(command) - accepted)
             problems += [f"{script} has no flag {flag}" for flag in unknown]
     assert not problems, "\n".join(problems)
+
+
+def pip_install_problems(tokens: list, command: str) -> list:
+    """``pip install -e '.[EXTRA,...]'``, the only pip command the README may give: the extras exist."""
+    match = re.fullmatch(r"\.\[([\w,-]+)\]", tokens[-1]) if tokens[1:3] == ["install", "-e"] else None
+    if match is None:
+        return [f"pip: only `pip install -e '.[EXTRA]'` is checked: {command}"]
+    pyproject = (REPO / "pyproject.toml").read_text()
+    extras = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    return [f"no extra [{extra}] in pyproject.toml: {command}" for extra in match.group(1).split(",")
+            if not re.search(rf"^{re.escape(extra)}\s*=", extras, flags=re.M)]
 
 
 # ------------------------------------------------------------------------------ running the short ones

@@ -98,6 +98,14 @@ class FastTokenizer(MegatronTokenizerBase):
         """Decode ids (list or numpy array) back to text; special tokens are kept, not skipped."""
         return self._backend.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def to_json(self) -> str:
+        """The tokenizer as a Hugging Face ``tokenizer.json`` (what a model export ships)."""
+        return self._backend.to_str()
+
+    def special_tokens(self) -> dict[str, str]:
+        """role ("eod", "pad", "unk", ...) -> token string, for the roles this vocabulary has."""
+        return {role: self._backend.id_to_token(token_id) for role, token_id in self._special_token_ids.items()}
+
     def apply_chat_template(self, *args, **kwargs):
         """Pretraining tokenizers carry no chat template."""
         raise NotImplementedError(f"{self.tokenizer_type} has no chat template")

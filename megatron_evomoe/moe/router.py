@@ -32,6 +32,7 @@ from megatron_evomoe.moe import load_balancing
 from megatron_evomoe.moe.balance import count_weighted_balance_loss, router_z_loss
 from megatron_evomoe.moe.load_balancing import BalanceStatistics, GlobalTokenCounts, per_sequence_sum
 from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.serving_gate import ServingGate
 
 
 @dataclass
@@ -165,6 +166,11 @@ class Router(MegatronModule, ABC):
     def is_prepared(self) -> bool:
         """Whether :meth:`prepare_from_data` state is present (e.g. restored from a checkpoint)."""
         return True
+
+    def serving_gate(self, state: RoutingState) -> Optional[ServingGate]:
+        """This gate's evaluation forward in ``state`` as one of the plain kinds of
+        ``moe/serving_gate.py`` (model export); None where it is none of them."""
+        return None
 
     @abstractmethod
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:

@@ -35,7 +35,8 @@ from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.auction import balanced_assignment
 from megatron_evomoe.moe.router import Router, RoutingDecision, orthogonal_centroids
-from megatron_evomoe.moe.router_config import RouterConfig
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.serving_gate import SIGMOID_CHOICE, ServingGate, gate_tensor
 from megatron_evomoe.seeding import set_init_rule
 
 
@@ -97,6 +98,10 @@ class BaseRouter(Router):
         set_init_rule(self.weight, orthogonal_centroids)
         # The group whose tokens the dispatchers pool (EP x TP under sequence parallelism).
         self.assignment_group = pg_collection.tp_ep
+
+    def serving_gate(self, state: RoutingState) -> ServingGate:
+        """Inference routing: greedy argmax of the scores, weight sigmoid(score)."""
+        return ServingGate(SIGMOID_CHOICE, {"choice": "argmax"}, {"weight": gate_tensor(self.weight)})
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         scores = self.gate_logits(hidden, self.weight)  # [T, E] fp32

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision
-from megatron_evomoe.moe.router_config import RouterConfig, RunShape
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState, RunShape
+from megatron_evomoe.moe.serving_gate import DSELECTK, ServingGate, gate_tensor
 from megatron_evomoe.seeding import set_init_rule
 
 ENTROPY_EPS = 1e-6
@@ -165,6 +166,12 @@ class DSelectKRouter(Router):
         set_init_rule(param, rule)
         setattr(param, "sequence_parallel", self.config.sequence_parallel)
         return param
+
+    def serving_gate(self, state: RoutingState) -> ServingGate:
+        """The gate as in training (it has no phases): q = sum_j softmax(alpha)_j r_j, experts with q > 0."""
+        options = {"gamma": self.gamma, "num_selectors": self.k, "num_bits": self.num_bits}
+        names = ("z_weight", "z_bias", "selector_weight", "selector_bias")
+        return ServingGate(DSELECTK, options, {name: gate_tensor(getattr(self, name)) for name in names})
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         x = hidden.float()  # [T, h]

@@ -26,6 +26,7 @@ from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe import schedule
 from megatron_evomoe.moe.router import Router, RoutingDecision
 from megatron_evomoe.moe.router_config import RouterConfig, RoutingState, RunShape
+from megatron_evomoe.moe.serving_gate import SOFTMAX_THRESHOLD, SOFTMAX_TOPK, ServingGate, gate_tensor
 from megatron_evomoe.moe.routers.switch import top1_routing
 from megatron_evomoe.seeding import seeded_generator
 
@@ -234,6 +235,18 @@ class DTSRouter(Router):
         generator = seeded_generator("dts_gate", seed, self.layer_number)
         fresh = torch.randn(self.weight.shape, generator=generator) * self.config.init_method_std
         self.weight.copy_(fresh.to(self.weight.dtype))
+
+    def serving_gate(self, state: RoutingState) -> Optional[ServingGate]:
+        """After T_D: top-1 of softmax(x W_g / tau), weight g' not renormalised (as Switch); before it,
+        the DTS mixture (every g' > c, eq. 9); in stage 1 no gate (the layer is the shared expert)."""
+        weight = {"weight": gate_tensor(self.weight)}
+        if state.phase == schedule.TOP1:
+            options = {"temperature": state.temperature, "top_k": 1, "normalize": False}
+            return ServingGate(SOFTMAX_TOPK, options, weight)
+        if state.phase == schedule.GATE_SPARSIFY:
+            options = {"temperature": state.temperature, "threshold": self.options.dts_threshold}
+            return ServingGate(SOFTMAX_THRESHOLD, options, weight)
+        return None
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         state = self.routing_state

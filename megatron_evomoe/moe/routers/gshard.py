@@ -25,7 +25,8 @@ from typing import Optional
 import torch
 
 from megatron_evomoe.moe.router import Router, RoutingDecision
-from megatron_evomoe.moe.router_config import RouterConfig
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.serving_gate import SOFTMAX_TOPK, ServingGate, gate_tensor
 
 
 def top2_gating(
@@ -76,6 +77,11 @@ class GShardRouter(Router):
         if config.moe_router_topk != 2:
             raise ValueError(f"gshard is a top-2 gate: --moe-router-topk must be 2, got {config.moe_router_topk}")
         self.weight = self.new_gate_weight()
+
+    def serving_gate(self, state: RoutingState) -> ServingGate:
+        """Both of the top-2 experts (random routing is for training only), weights normalised over the pair."""
+        options = {"temperature": 1.0, "top_k": 2, "normalize": True}
+        return ServingGate(SOFTMAX_TOPK, options, {"weight": gate_tensor(self.weight)})
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         logits = self.gate_logits(hidden, self.weight)  # [T, E]

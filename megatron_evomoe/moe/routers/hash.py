@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision
-from megatron_evomoe.moe.router_config import RouterConfig
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.serving_gate import TOKEN_TABLE, ServingGate, gate_tensor
 from megatron_evomoe.seeding import stable_seed
 
 UNSET = -1
@@ -133,6 +134,12 @@ class HashRouter(Router):
 
     def is_prepared(self) -> bool:
         return bool((self.table != UNSET).all())
+
+    def serving_gate(self, state: RoutingState) -> Optional[ServingGate]:
+        """The token-id table, weight 1 (None for a balanced table never built)."""
+        if not self.is_prepared():
+            return None
+        return ServingGate(TOKEN_TABLE, {}, {"table": gate_tensor(self.table)})
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         if token_ids is None:

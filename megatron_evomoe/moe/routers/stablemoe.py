@@ -44,6 +44,7 @@ from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.balance import stablemoe_balance_loss
 from megatron_evomoe.moe.router import Router, RoutingDecision, mark_sequence_parallel, orthogonal_centroids
 from megatron_evomoe.moe.router_config import RouterConfig, RoutingState, RunShape
+from megatron_evomoe.moe.serving_gate import SIGMOID_CHOICE, ServingGate, gate_tensor
 from megatron_evomoe.seeding import set_init_rule
 
 UNSET = -1
@@ -183,6 +184,13 @@ class StableMoERouter(Router):
     def freeze(self) -> None:
         """Record the distilled router's choice for every token id; routing is fixed from now on."""
         self.frozen_table.copy_(self.distilled.vocabulary_choice())
+
+    def serving_gate(self, state: RoutingState) -> ServingGate:
+        """Expert = the frozen table's (stage 2), or the distilled router's choice, which evaluation in
+        stage 1 uses and the freeze records; weight sigmoid(s) from the backbone centroids."""
+        table = self.frozen_table if state.phase == STAGE2 and self.is_frozen() else self.distilled.vocabulary_choice()
+        tensors = {"weight": gate_tensor(self.weight), "table": gate_tensor(table)}
+        return ServingGate(SIGMOID_CHOICE, {"choice": "table"}, tensors)
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         if token_ids is None:

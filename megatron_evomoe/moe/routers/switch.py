@@ -22,7 +22,8 @@ import torch
 from megatron_evomoe.config_flags import flag
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision, fp32_gate_logits
-from megatron_evomoe.moe.router_config import RouterConfig
+from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.serving_gate import SOFTMAX_TOPK, ServingGate, gate_tensor
 
 SWITCH_JITTER_EPS = 1e-2
 """Default eps of the router-input jitter: input jitter was the best exploration strategy in Switch
@@ -80,6 +81,11 @@ class SwitchRouter(Router):
     def __init__(self, config, pg_collection=None):
         super().__init__(config, pg_collection)
         self.weight = self.new_gate_weight()
+
+    def serving_gate(self, state: RoutingState) -> ServingGate:
+        """Top-1 of softmax(x W^T), weight p not renormalised (no jitter outside training)."""
+        options = {"temperature": 1.0, "top_k": 1, "normalize": False}
+        return ServingGate(SOFTMAX_TOPK, options, {"weight": gate_tensor(self.weight)})
 
     def forward(self, hidden: torch.Tensor, token_ids: Optional[torch.Tensor]) -> RoutingDecision:
         jitter = None
