@@ -15,7 +15,7 @@ from megatron_evomoe.analysis.comparison_diagnostics import diagnostics_table, s
 from megatron_evomoe.analysis.comparison_runner import Launcher, RunFailed, RunSpec, execute, run_status
 from megatron_evomoe.analysis.router_suite import ModelSize, Variant
 from megatron_evomoe.analysis.sweep import (
-    Row, Sweep, grid, point_flags, point_train_iters, reference_point, without_flags,
+    Row, Sweep, flag_groups, grid, point_flags, point_train_iters, reference_point, takes, without_flags,
 )
 
 
@@ -130,7 +130,13 @@ class ComparisonSettings:
         train_iters = self.row_train_iters(row)
         _, replaced = point_flags(self.sweeps, row.point, train_iters)
         shared = without_flags(self.shared_flags(train_iters), replaced)
-        return shared + self.row_flags(row) + ["--seed", str(seed)] + self.passthrough
+        return shared + self.row_flags(row) + ["--seed", str(seed)] + self.passthrough_for(row.variant)
+
+    def passthrough_for(self, variant: Variant) -> List[str]:
+        """The passthrough flags ``variant`` reads: the dense variant drops the MoE flags (``--num-experts 8``
+        given for the MoE rows would otherwise turn the dense baseline into an MoE), and a router's own
+        flags go only to that router's variants."""
+        return [token for flag, group in flag_groups(self.passthrough) if takes(variant.router, flag) for token in group]
 
     def tokens_per_iteration(self, argv: Optional[List[str]] = None) -> int:
         argv = argv if argv is not None else self.shared_flags() + self.passthrough

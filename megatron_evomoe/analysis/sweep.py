@@ -61,6 +61,8 @@ _BOOLEAN = {"true": TRUE, "on": TRUE, "yes": TRUE, "1": TRUE, "false": FALSE, "o
 def takes(router: Optional[str], flag: str) -> bool:
     """Whether a variant with ``--moe-router-type router`` (None: dense) reads ``flag``: a router's own
     flags (its ``Config``'s, ``router_arguments.flag_owners``) only that router's variants."""
+    if not flag:
+        return True
     from megatron_evomoe.router_arguments import flag_owners  # megatron-core: only when sweeping
 
     owners = flag_owners(flag)
@@ -316,6 +318,17 @@ def without_flags(argv: Sequence[str], flags: Sequence[Tuple[str, bool]]) -> Lis
             while i < len(argv) and not argv[i].startswith("--"):
                 i += 1
     return kept
+
+
+def flag_groups(argv: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """``argv`` as ``(flag name, [the flag and its values])`` groups; a group starts at each ``--`` option
+    (``--flag=value`` is one token named ``--flag``), tokens before the first option form a group named ""."""
+    groups: List[Tuple[str, List[str]]] = []
+    for token in argv:
+        if token.startswith("--") or not groups:
+            groups.append((token.split("=", 1)[0] if token.startswith("--") else "", []))
+        groups[-1][1].append(token)
+    return groups
 
 
 def point_train_iters(point: GridPoint, default: int) -> int:

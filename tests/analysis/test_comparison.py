@@ -142,3 +142,20 @@ def test_results_json_table_and_plot(tmp_path):
     assert "52.50 ± 3.54" in switch_row and "not reached" not in switch_row
     with open(outputs.plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_passthrough_moe_flags_do_not_turn_the_dense_baseline_into_an_moe(tmp_path):
+    """``--num-experts 8`` given for the MoE rows must not reach the dense run (it made "dense" a Switch MoE),
+    and a router's own flags reach only that router's runs; data flags reach every run."""
+    passthrough = ["--data-path", "corpus", "--num-experts=8", "--evomoe-mask-ratio", "0.3", "--moe-aux-loss-coeff", "0.1"]
+    settings = ComparisonSettings(
+        output_dir=str(tmp_path), variants=resolve_variants(["dense", "switch", "dts"]), seeds=[1],
+        model=MODEL_SIZES["tiny"], train_iters=10, micro_batch_size=2, global_batch_size=4, lr=1e-3, min_lr=1e-4,
+        eval_iters=1, passthrough=passthrough,
+    )
+    flags = {row.variant.name: settings.run_flags(row, 1) for row in settings.rows()}
+    tail = {name: argv[argv.index("--seed") + 2:] for name, argv in flags.items()}
+    assert tail["dense"] == ["--data-path", "corpus"]
+    assert tail["switch"] == ["--data-path", "corpus", "--num-experts=8", "--moe-aux-loss-coeff", "0.1"]
+    assert tail["evomoe"] == passthrough
+    assert not any(token.startswith(("--num-experts", "--moe-")) for token in flags["dense"])
