@@ -61,6 +61,9 @@ class RouterConfig:
 
     TOPK_CHOICES = None
     """The only top-k values the router accepts (None: any k in [1, --num-experts])."""
+    METHOD_NAME = None
+    """The method the router belongs to, where it has a name of its own (DTS: EvoMoE); shown in the
+    title of the router's flag group in ``--help``."""
 
     def __post_init__(self) -> None:
         if self.TOPK_CHOICES is not None and self.topk not in self.TOPK_CHOICES:
