@@ -24,4 +24,4 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text  # a required positional has no default
-        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return f"{text} (default: %(default)s)"

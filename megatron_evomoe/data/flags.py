@@ -11,6 +11,9 @@ import argparse
 
 from megatron_evomoe.data.tokenizer_types import TOKENIZER_TYPES
 
+TOKENIZER_GROUP = "tokenizer"
+"""The title of the tokenizer flags' group (``training/model_args.py`` saves them with a checkpoint)."""
+
 BLEND_HELP = (
     "one prefix, several prefixes (blended by size), or a weighted blend 'W1 PREFIX1 W2 PREFIX2 ...' "
     "(e.g. 0.7 A 0.3 B); a prefix names PREFIX.bin/PREFIX.idx"
@@ -23,7 +26,7 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     Returns:
         The argument group, so a caller can add tool-specific tokenizer flags next to them.
     """
-    group = parser.add_argument_group("tokenizer")
+    group = parser.add_argument_group(TOKENIZER_GROUP)
     group.add_argument(
         "--tokenizer-type",
         choices=TOKENIZER_TYPES,
