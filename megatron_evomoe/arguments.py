@@ -177,7 +177,7 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
         help="hidden size of each expert's FFN (default: --ffn-hidden-size)",
     )
     add_router_args(parser, g)
-    d = parser.add_argument_group("MoE token dispatch", "how tokens reach the expert-parallel ranks that hold their experts")
+    d = parser.add_argument_group("MoE token dispatch", "how tokens reach the expert-parallel ranks of their experts")
     g.add_argument(
         "--moe-expert-capacity-factor", type=float, default=None,
         help="cap each expert at factor x tokens x k / experts tokens per micro-batch; tokens over the cap skip "
