@@ -96,7 +96,19 @@ def spawn_experts(layer, options: DTSConfig, seed: int, tp_rank: int, tp_size: i
     Returns:
         The rewritten weights (for the optimizer update).
     """
-    shared_fc1, shared_fc2 = layer.shared_expert.linear_fc1.weight, layer.shared_expert.linear_fc2.weight
+    source = layer.shared_expert.linear_fc1.weight, layer.shared_expert.linear_fc2.weight
+    return spawn_from(layer, source, options, seed, tp_rank, tp_size)
+
+
+@torch.no_grad()
+def spawn_from(
+    layer, source: Tuple[torch.nn.Parameter, torch.nn.Parameter], options: DTSConfig, seed: int,
+    tp_rank: int, tp_size: int,
+) -> List[SpawnedWeight]:
+    """Overwrite ``layer``'s local experts with masked copies of the FFN weights ``source`` (this
+    TP rank's ``fc1 [f/tp, h]`` and ``fc2 [h, f/tp]``): the shared expert at diversify, a dense
+    model's FFN when upcycling (``training/upcycle.py``). Masks as in :func:`spawn_experts`."""
+    shared_fc1, shared_fc2 = source
     ffn_local, hidden = shared_fc1.shape
     rows = slice(tp_rank * ffn_local, (tp_rank + 1) * ffn_local)
     scale1, scale2 = rescale_factors(options)

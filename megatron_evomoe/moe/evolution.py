@@ -68,6 +68,25 @@ class PhaseController:
         self.options = config.moe_router
         self.applied_state: Optional[RoutingState] = None
         """The state last pushed to the MoE layers: the one the model's latest step trained with."""
+        self.experts_spawned_at: Optional[int] = None
+        """The step before which the model's experts were spawned (by diversify, or by upcycling a
+        dense checkpoint: ``training/upcycle.py``); None while they were not. Saved in checkpoints,
+        so a resume never spawns them twice."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the controller (the rest is a function of the iteration)."""
+        return {"experts_spawned_at": self.experts_spawned_at}
+
+    def load_state_dict(self, state: Optional[dict]) -> None:
+        """Take a checkpoint's controller state (None: a checkpoint that has none).
+
+        Raises InputError when the checkpoint's experts were spawned at another step than the one
+        this run's router spawns them at (its phases would not start where the experts did).
+        """
+        spawned = (state or {}).get("experts_spawned_at")
+        if spawned is not None:
+            self.options.check_spawned_experts(spawned)
+        self.experts_spawned_at = spawned
 
     def routing_state(self, iteration: int) -> RoutingState:
         """The state every router sees during step ``iteration`` (pure)."""
@@ -93,12 +112,14 @@ class PhaseController:
         """Push the state of step ``iteration`` to all MoE layers; returns what changed.
 
         At T_S (EvoMoE) the experts are spawned from the shared expert and the gate is initialised
-        before the step runs; the caller applies the returned updates to the optimizer.
+        before the step runs, unless the loaded checkpoint's experts were already spawned there
+        (an upcycled checkpoint); the caller applies the returned updates to the optimizer.
         """
         transition = StepTransition()
-        if iteration == self.options.diversify_iteration():
+        if iteration == self.options.diversify_iteration() and self.experts_spawned_at is None:
             message, transition.updates = self.diversify(model_chunks)
             transition.events.append(message)
+            self.experts_spawned_at = iteration
         state = self.routing_state(iteration)
         if iteration > 0 and self.routing_state(iteration - 1).phase != state.phase:
             transition.events.append(f"phase {self.routing_state(iteration - 1).phase} -> {state.phase}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from megatron_evomoe.config_flags import flag
 from megatron_evomoe.errors import InputError
@@ -122,6 +122,22 @@ class RouterConfig:
     def diversify_iteration(self) -> Optional[int]:
         """The step before which experts are spawned from the shared expert (None: never)."""
         return None
+
+    def spawned_experts_flags(self, iteration: int) -> List[str]:
+        """This router's flags under which a run whose experts were spawned before step
+        ``iteration`` (an upcycled checkpoint) starts its routing there; [] where no flag is needed."""
+        return []
+
+    def check_spawned_experts(self, iteration: int) -> None:
+        """Raise InputError when this run spawns its experts at another step than ``iteration``,
+        the step before which the loaded checkpoint's experts were spawned."""
+        planned = self.diversify_iteration()
+        if planned is not None and planned != iteration:
+            raise InputError(
+                f"the checkpoint's experts were spawned before iteration {iteration} (expert-diversify or "
+                f"tools/upcycle_checkpoint.py), this run would spawn them before iteration {planned}: pass "
+                + " ".join(self.spawned_experts_flags(iteration))
+            )
 
     def schedule_meta(self) -> Dict[str, Any]:
         """The resolved phase boundaries (run metadata, checkpoints); empty for one phase."""

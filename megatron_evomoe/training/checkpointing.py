@@ -162,6 +162,7 @@ def save_checkpoint(
     """Write the checkpoint of ``state.iteration`` atomically; returns its directory.
 
     ``common`` adds top-level entries to ``common.pt`` (Megatron-LM's ``args``, ``iteration``, ...).
+    Without a ``scheduler`` none is saved: a run resuming from it starts its LR schedule afresh.
     With ``latest=False`` the checkpoint goes to ``iter_XXXXXXX.nonfinite`` and the tracker stays.
 
     Raises CheckpointError (one line: the directory and the OS's reason, e.g. "No space left on
@@ -193,7 +194,7 @@ def _write_checkpoint(root, final_dir, tmp_dir, state, model_chunks, optimizer, 
     sharded = {
         "model": model_sd,
         "optimizer": ModelSpaceOptimizerState(optimizer, model_sd, is_loading=False).sharded_state_dict(),
-        "opt_param_scheduler": scheduler.state_dict(),
+        **({"opt_param_scheduler": scheduler.state_dict()} if scheduler is not None else {}),
         "train_state": asdict(state),
         "extra": extra or {},
         "rng_state": _rng_sharded_object(_rng_state()),

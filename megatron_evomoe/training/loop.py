@@ -45,6 +45,10 @@ from megatron_evomoe.training.routing_probe import build_routing_probe
 from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
 
 
+CONTROLLER_STATE = "phase_controller"
+"""The checkpoint's ``extra`` entry holding :meth:`PhaseController.state_dict`."""
+
+
 class TrainingStopped(RuntimeError):
     """Training cannot continue (non-finite steps or state); the message names the last good checkpoint."""
 
@@ -159,6 +163,7 @@ def load(run: RunConfig, model, optimizer, scheduler, controller) -> TrainState:
         optimizer.reload_model_params()
     if finetune:
         return TrainState()
+    controller.load_state_dict(extra.get(CONTROLLER_STATE))
     if training.no_load_optim:
         # Keep the LR schedule where it was even though the optimizer starts fresh.
         scheduler.step(0)
@@ -201,6 +206,7 @@ def _save(session: TrainingSession):
             session.model,
             session.optimizer,
             session.scheduler,
+            extra={CONTROLLER_STATE: session.controller.state_dict()},
             run_meta=meta,
             common=megatron_lm_common(session.run, session.state),
             latest=latest,

@@ -48,7 +48,7 @@ class ModelSpaceOptimizerState:
     def __init__(self, optimizer, model_sharded_state_dict: Dict[str, Any], is_loading: bool):
         self.inners = inner_optimizers(optimizer)
         for inner in self.inners:
-            _allocate_state(inner)
+            allocate_state(inner)
         self.inner_dicts = [
             inner.sharded_state_dict(model_sharded_state_dict, is_loading, metadata=_SHARDING)
             for inner in self.inners
@@ -96,7 +96,7 @@ class ModelSpaceOptimizerState:
                     inner.grad_scaler.load_state_dict(loaded["grad_scaler"])
 
 
-def _allocate_state(inner) -> None:
+def allocate_state(inner) -> None:
     """Give a fresh optimizer zero Adam state at step 0, as its first step would.
 
     The distributed optimizer can only describe its state once it has some (without TE/apex it

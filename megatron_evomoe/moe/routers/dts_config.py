@@ -146,6 +146,10 @@ class DTSConfig(RouterConfig):
     def diversify_iteration(self) -> Optional[int]:
         return schedule.diversify_iteration(self)
 
+    def spawned_experts_flags(self, iteration: int) -> list:
+        """T_S = ``iteration``: the gate starts there at tau max, without a second diversify."""
+        return ["--evomoe-shared-expert-iters", str(iteration)] if self.expert_diversify else []
+
     def schedule_meta(self) -> dict:
         return {
             **self.phases().as_dict(),
