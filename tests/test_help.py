@@ -12,6 +12,7 @@ from megatron_evomoe.arguments import build_parser
 from megatron_evomoe.bert_arguments import add_bert_args, add_glue_args
 from megatron_evomoe.moe.routers import available_routers
 from megatron_evomoe.router_arguments import router_group_title
+from megatron_evomoe.training.upcycle import build_parser as upcycle_parser
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = ["pretrain_gpt_moe.py", "pretrain_bert_moe.py", "finetune_glue.py"]
@@ -51,6 +52,7 @@ PARSERS = {
     "pretrain_bert_moe.py": lambda: build_parser("", add_bert_args),
     "finetune_glue.py": lambda: build_parser("", add_glue_args),
     **{tool: (lambda tool=tool: _tool_parser(tool)) for tool in TOOLS},
+    "tools/upcycle_checkpoint.py": lambda: upcycle_parser(),  # builds MoE checkpoints: imports torch anyway
 }
 
 
