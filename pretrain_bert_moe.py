@@ -1,11 +1,11 @@
 """Pretrain a BERT/RoBERTa mixture-of-experts masked language model (EvoMoE or a baseline router).
 
-RoBERTa-style by default: MLM only (no next-sentence/sentence-order head unless --bert-binary-head),
-15% of tokens predicted (80% [MASK], 10% random, 10% unchanged), masks redrawn on every pass over
+BERT's sentence-pair head is on by default as in Megatron-LM; --bert-no-binary-head gives RoBERTa-style
+MLM only (the EvoMoE paper's). 15% of tokens predicted (80% [MASK], 10% random, 10% unchanged), masks redrawn on every pass over
 the data. Data from tools/preprocess_data.py (WordPiece or BPE tokenizer of tools/train_tokenizer.py;
 --split-sentences so that samples pack whole sentences). Single process (CPU or one GPU)::
 
-    python pretrain_bert_moe.py --tokenizer-type BertWordPieceLowerCase --vocab-file tok/vocab.txt \
+    python pretrain_bert_moe.py --bert-no-binary-head --tokenizer-type BertWordPieceLowerCase --vocab-file tok/vocab.txt \
         --data-path data/corpus_text_sentence --split 949,50,1 \
         --num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length 128 \
         --num-experts 4 --moe-router-type dts --micro-batch-size 8 --global-batch-size 16 \

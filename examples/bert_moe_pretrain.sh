@@ -2,7 +2,8 @@
 # The paper's RoBERTa-MoE (MLM) with EvoMoE on one node of 8 GPUs: 24 layers, hidden 1024, 16 heads,
 # 16 experts on every other FFN, seq 512, 100k steps with 5k warm-up, EvoMoE 5k steps of
 # expert-diversify then tau 2.0 -> 0.3 over 5k steps (paper sec. IV-B); RoBERTa's optimiser
-# (Adam 0.9/0.98, eps 1e-6, weight decay 0.1, no clipping, polynomial decay), dropout 0.1.
+# (Adam 0.9/0.98, eps 1e-6, weight decay 0.1, no clipping, polynomial decay), dropout 0.1; MLM only
+# (--bert-no-binary-head: RoBERTa has no sentence-pair head).
 #
 #   bash examples/bert_moe_pretrain.sh                  # data from examples/preprocess_corpus.sh (sentences)
 #   DRY_RUN=1 bash examples/bert_moe_pretrain.sh        # validate + model size + per-GPU memory, no GPU
@@ -34,7 +35,7 @@ launch pretrain_bert_moe.py \
     --data-path "$DATA_PATH" --split 949,50,1 \
     --num-layers "$NUM_LAYERS" --hidden-size "$HIDDEN" --num-attention-heads "$HEADS" \
     --seq-length "$SEQ_LEN" --max-position-embeddings "$SEQ_LEN" \
-    --num-experts "$NUM_EXPERTS" --moe-layer-freq 2 --moe-router-type dts --moe-aux-loss-coeff 0.1 \
+    --bert-no-binary-head --num-experts "$NUM_EXPERTS" --moe-layer-freq 2 --moe-router-type dts --moe-aux-loss-coeff 0.1 \
     --expert-model-parallel-size "$EP" --moe-token-dispatcher-type "${DISPATCHER:-alltoall}" \
     --evomoe-shared-expert-iters "${SHARED_EXPERT_ITERS:-5000}" --dts-anneal-iters "${ANNEAL_ITERS:-5000}" \
     --dts-max-temperature 2.0 --dts-min-temperature 0.3 \

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 from megatron_evomoe.bert_arguments import BertOptions, bert_options_from_args
 from megatron_evomoe.data.flags import add_data_args, add_tokenizer_args
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.flag_rules import check_required, resolve_train_iters, warmup_iters
 from megatron_evomoe.help_format import HelpFormatter
 from megatron_evomoe.moe.dispatch import available_dispatchers
 from megatron_evomoe.moe.dispatch.options import DispatchOptions
 from megatron_evomoe.moe.router_config import RunShape
 from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.moe_layer_freq import moe_layer_pattern, parse_moe_layer_freq
 from megatron_evomoe.router_arguments import add_router_args, router_config_from_args, selected_topk
 
 if TYPE_CHECKING:  # imported where used: building the parser must not load torch or megatron-core
@@ -77,13 +79,15 @@ MOE_GROUP = "MoE"
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(MODEL_GROUP, "network size, dropout and initialisation")
     p = parser.add_argument_group("mixed precision")
-    g.add_argument("--num-layers", type=int, default=4, help="number of transformer layers")
-    g.add_argument("--hidden-size", type=int, default=128, help="transformer hidden size")
-    g.add_argument("--num-attention-heads", type=int, default=4, help="number of attention heads")
+    g.add_argument("--num-layers", type=int, default=None, help="number of transformer layers (required)")
+    g.add_argument("--hidden-size", type=int, default=None, help="transformer hidden size (required)")
+    g.add_argument("--num-attention-heads", type=int, default=None, help="number of attention heads (required)")
     g.add_argument(
         "--ffn-hidden-size", type=int, default=None, help="hidden size of the dense FFN (default: 4 x --hidden-size)"
     )
-    g.add_argument("--seq-length", type=int, default=128, help="tokens per sample: the sequence length to train on")
+    g.add_argument(
+        "--seq-length", type=int, default=None, help="tokens per sample: the sequence length to train on (required)"
+    )
     g.add_argument(
         "--max-position-embeddings", type=int, default=None,
         help="number of learned position embeddings, >= --seq-length (default: --seq-length)",
@@ -100,7 +104,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         "--init-method-std", type=float, default=0.02,
         help="standard deviation of the zero-mean normal distribution that initialises the weights",
     )
-    g.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="epsilon of every layer norm")
+    g.add_argument(
+        "--norm-epsilon", "--layernorm-epsilon", dest="norm_epsilon", type=float, default=1e-5,
+        help="epsilon of every LayerNorm (--layernorm-epsilon: this project's former name, kept as an alias)",
+    )
     p.add_argument("--bf16", action="store_true", help="bf16 weights and activations, fp32 master weights")
     p.add_argument(
         "--fp16", action="store_true",
@@ -169,8 +176,10 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
         "--num-experts", type=int, default=None, help="experts per MoE layer; default: a dense model (no MoE layer)"
     )
     g.add_argument(
-        "--moe-layer-freq", type=int, default=2,
-        help="an MoE layer every k layers (layers 0, k, 2k, ...), dense FFNs in between (paper: every other FFN)",
+        "--moe-layer-freq", default=2,  # read by build_run_config (moe_layer_freq.py): one-line errors
+        help="an int k: an MoE layer where layer %% k == 0 (layers counted from 0), or a Python list expression "
+        "of 1 (MoE) / 0 (dense) per layer, e.g. '([0]+[1]*23)' (Megatron-LM's syntax); 2 is every other FFN, "
+        "as in the EvoMoE paper (Megatron-LM's default is 1)",
     )
     g.add_argument(
         "--moe-ffn-hidden-size", type=int, default=None,
@@ -222,6 +231,11 @@ def _add_moe_args(parser: argparse.ArgumentParser) -> None:
         "--moe-a2a-calibrate", action="store_true",
         help="measure the cost model's alpha and beta with a ping-pong at start-up (auto dispatcher)",
     )
+    g.add_argument(
+        "--moe-per-layer-logging", action="store_true",
+        help="log each MoE layer's auxiliary losses (e.g. balance_loss_per_layer/layer_0), not only their "
+        "mean over MoE layers (Megatron-LM's flag)",
+    )
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -229,23 +243,37 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     lr = parser.add_argument_group("learning rate")
     opt = parser.add_argument_group("optimizer", "Adam with decoupled weight decay and gradient clipping")
     g.add_argument(
-        "--micro-batch-size", type=int, default=4,
-        help="samples per forward/backward pass on each data-parallel rank",
+        "--micro-batch-size", type=int, default=None,
+        help="samples per forward/backward pass on each data-parallel rank (required)",
     )
     g.add_argument(
         "--global-batch-size", type=int, default=None,
         help="samples per optimizer step, a multiple of micro batch x data-parallel size (the rest is gradient "
         "accumulation); default: micro batch x data-parallel size",
     )
-    g.add_argument("--train-iters", type=int, default=100, help="optimizer steps to train for")
-    lr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (after warm-up)")
+    length = g.add_mutually_exclusive_group()  # Megatron-LM: one of the two
+    length.add_argument(
+        "--train-iters", type=int, default=None, help="optimizer steps to train for (this or --train-samples required)"
+    )
+    length.add_argument(
+        "--train-samples", type=int, default=None,
+        help="train on this many samples instead of --train-iters: --train-samples // --global-batch-size "
+        "iterations (the partial last batch dropped, as in Megatron-LM)",
+    )
+    lr.add_argument("--lr", type=float, default=None, help="peak learning rate, reached after warm-up (required)")
     lr.add_argument("--min-lr", type=float, default=0.0, help="the learning rate never decays below this")
     lr.add_argument(
         "--lr-decay-style", choices=["constant", "linear", "cosine", "polynomial"], default="linear",
         help="decay from --lr to --min-lr after warm-up ('polynomial': fairseq's polynomial_decay)",
     )
     lr.add_argument("--lr-decay-power", type=float, default=1.0, help="exponent of --lr-decay-style polynomial")
-    lr.add_argument("--lr-warmup-iters", type=int, default=0, help="steps of linear warm-up from 0 to --lr")
+    warmup = lr.add_mutually_exclusive_group()  # Megatron-LM: one of the two
+    warmup.add_argument("--lr-warmup-iters", type=int, default=0, help="steps of linear warm-up from 0 to --lr")
+    warmup.add_argument(
+        "--lr-warmup-fraction", type=float, default=None,
+        help="warm-up as a fraction of --lr-decay-iters (default: of the training iterations) instead of "
+        "--lr-warmup-iters; finetune_glue.py: 0.06 (RoBERTa) when neither is given",
+    )
     lr.add_argument(
         "--lr-decay-iters", type=int, default=None,
         help="steps over which the learning rate decays, warm-up included (default: --train-iters)",
@@ -267,10 +295,18 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         help="stop (after a checkpoint with --save) when the iteration is a multiple of this",
     )
     g.add_argument(
+        "--exit-duration-in-mins", type=float, default=None,
+        help="stop after this many minutes of training (all ranks at the same iteration), saving a "
+        "checkpoint first with --save",
+    )
+    g.add_argument(
         "--exit-signal-handler", action="store_true",
         help="on SIGTERM (SLURM preemption, time limit) save a checkpoint at the end of the current step and exit 0",
     )
-    g.add_argument("--dry-run", action="store_true", help="validate, print sizes and memory, do not train")
+    g.add_argument(
+        "--dry-run", action="store_true",
+        help="validate (the data and tokenizer files must exist), print sizes and memory, do not train",
+    )
     e = parser.add_argument_group("validation")
     c = parser.add_argument_group("checkpointing")
     log = parser.add_argument_group("logging")
@@ -424,14 +460,18 @@ def _validate_moe_communication(args: argparse.Namespace, world_size: int) -> No
         )
 
 
-def check_flag_values(args: argparse.Namespace) -> None:
+def check_flag_values(args: argparse.Namespace, train_length: bool = True) -> None:
     """Single flags with values that would crash later (ZeroDivisionError, megatron's asserts) or
-    silently do something else than asked. Checked first, before any flag is used in arithmetic."""
+    silently do something else than asked. Checked first, before any flag is used in arithmetic.
+
+    The required flags come first (``train_length``: --train-iters or --train-samples among them;
+    finetune_glue.py derives the length from --epochs after this check)."""
+    check_required(args, train_length)
     for flag in ("num_layers", "hidden_size", "num_attention_heads", "micro_batch_size", "seq_length"):
         value = getattr(args, flag)
         _check(value >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     for flag in ("global_batch_size", "ffn_hidden_size", "moe_ffn_hidden_size", "save_interval", "exit_interval",
-                 "lr_decay_iters", "max_position_embeddings"):
+                 "lr_decay_iters", "max_position_embeddings", "train_iters", "train_samples"):
         value = getattr(args, flag)
         _check(value is None or value >= 1, f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     _check(
@@ -452,6 +492,11 @@ def check_flag_values(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         _check(0 <= value < 1, f"--{flag.replace('_', '-')} must be in [0, 1), got {value}")
     _check(not args.exit_signal_handler or args.save, "--exit-signal-handler needs --save DIR (it saves before exiting)")
+    _check(
+        args.exit_duration_in_mins is None or args.exit_duration_in_mins > 0,
+        f"--exit-duration-in-mins must be > 0, got {args.exit_duration_in_mins}",
+    )
+    _check(args.norm_epsilon > 0, f"--norm-epsilon must be > 0, got {args.norm_epsilon}")
 
 
 def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size: int) -> None:
@@ -464,6 +509,10 @@ def _validate_batch(args: argparse.Namespace, layout: ParallelLayout, world_size
         args.global_batch_size % (args.micro_batch_size * dp) == 0,
         f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
         f"{args.micro_batch_size} x data-parallel size {dp}",
+    )
+    args.train_iters = resolve_train_iters(args.train_iters, args.train_samples, args.global_batch_size)
+    args.lr_warmup_iters = warmup_iters(
+        args.lr_warmup_iters, args.lr_warmup_fraction, args.lr_decay_iters or args.train_iters
     )
     for flag in ("micro_batch_size", "train_iters", "seq_length", "log_interval", "eval_interval"):
         _check(getattr(args, flag) >= 1, f"--{flag.replace('_', '-')} must be >= 1")
@@ -545,7 +594,7 @@ def _megatron_model_config(args: argparse.Namespace, vocab_size: int, router, di
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std,
-        layernorm_epsilon=args.layernorm_epsilon,
+        layernorm_epsilon=args.norm_epsilon,
         activation_func=F.gelu,
         add_bias_linear=False,
         bf16=args.bf16,
@@ -605,7 +654,8 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
     layout = _validate_parallel(args, world_size)
     _validate_moe_communication(args, world_size)
     _validate_batch(args, layout, world_size)
-    _check(args.moe_layer_freq >= 1, "--moe-layer-freq must be >= 1")
+    args.moe_layer_freq = parse_moe_layer_freq(args.moe_layer_freq)
+    moe_layer_pattern(args.moe_layer_freq, args.num_layers)  # a list names every layer
     model = _model_config(args, vocab_size)
     optimizer = OptimizerConfig(
         optimizer="adam",
@@ -655,6 +705,8 @@ def build_run_config(args: argparse.Namespace, vocab_size: int, world_size: Opti
         max_skipped_iters=args.max_skipped_iters,
         exit_interval=args.exit_interval,
         exit_signal_handler=args.exit_signal_handler,
+        exit_duration_in_mins=args.exit_duration_in_mins,
+        moe_per_layer_logging=args.moe_per_layer_logging,
         dry_run=args.dry_run,
         lr_schedule=LRScheduleConfig(
             lr=args.lr,

@@ -15,6 +15,8 @@ from megatron_evomoe.data.glue.tasks import GLUE_TASKS
 from megatron_evomoe.errors import InputError
 
 BERT_GROUP = "BERT"
+ROBERTA_WARMUP_FRACTION = 0.06
+"""Fine-tuning warm-up, a fraction of all steps, when no warm-up flag is given (RoBERTa, Liu et al. 2019)."""
 GLUE_GROUP = "GLUE fine-tuning"
 
 
@@ -22,9 +24,14 @@ def add_bert_args(parser: argparse.ArgumentParser) -> None:
     """Model and masking flags of BERT/RoBERTa pretraining."""
     g = parser.add_argument_group(BERT_GROUP)
     g.add_argument(
-        "--bert-binary-head", action="store_true",
-        help="add BERT's sentence-pair head (next-sentence / sentence-order) and token types; "
-        "default: RoBERTa-style MLM only",
+        "--bert-no-binary-head", action="store_false", dest="bert_binary_head", default=True,
+        help="RoBERTa-style MLM only, the EvoMoE paper's: no sentence-pair head, no token types "
+        "(default: the head on, as in Megatron-LM)",
+    )
+    g.add_argument(
+        "--bert-binary-head", action="store_true", dest="bert_binary_head", default=True,
+        help="BERT's sentence-pair head (next-sentence / sentence-order) with token types: the default; "
+        "accepted because earlier versions of this project needed it to turn the head on",
     )
     g.add_argument("--mask-prob", type=float, default=0.15, help="fraction of tokens to predict (80/10/10)")
     g.add_argument(
@@ -46,10 +53,6 @@ def add_glue_args(parser: argparse.ArgumentParser) -> None:
         "(any parallel layout), or a fine-tuned one (RTE from MNLI)",
     )
     g.add_argument("--epochs", type=int, default=3, help="passes over train.tsv (RoBERTa: 10)")
-    g.add_argument(
-        "--lr-warmup-fraction", type=float, default=0.06,
-        help="warm-up as a fraction of all steps (RoBERTa: 0.06); --lr-warmup-iters overrides it",
-    )
     g.add_argument("--results-json", default=None, help="write the best dev epoch's metrics here")
     g.add_argument("--model-name", default=None, help="the row of this run in tools/glue_table.py")
     g.add_argument("--predict", action="store_true", help="write test predictions of the best dev epoch")
@@ -61,8 +64,8 @@ def add_glue_args(parser: argparse.ArgumentParser) -> None:
 class BertOptions:
     """The BERT model and masking flags (:func:`add_bert_args`)."""
 
-    binary_head: bool = False
-    """--bert-binary-head: the pooler and the NSP/SOP head, with token types."""
+    binary_head: bool = True
+    """The pooler and the NSP/SOP head, with token types (off: --bert-no-binary-head)."""
     mask_prob: float = 0.15
     """--mask-prob."""
     short_seq_prob: float = 0.0
@@ -90,8 +93,8 @@ class FinetuneConfig:
     """Passes over the training set; 0 only evaluates (and predicts) a --load checkpoint."""
     pretrained_checkpoint: Optional[str] = None
     """Encoder weights to start from (--pretrained-checkpoint); the head is always new."""
-    lr_warmup_fraction: float = 0.06
-    """Warm-up steps as a fraction of all steps when --lr-warmup-iters is not given."""
+    lr_warmup_fraction: Optional[float] = None
+    """--lr-warmup-fraction; with neither it nor --lr-warmup-iters, :data:`ROBERTA_WARMUP_FRACTION`."""
     results_json: Optional[str] = None
     """Path of the results JSON (--results-json)."""
     model_name: Optional[str] = None
@@ -108,7 +111,7 @@ class FinetuneConfig:
             raise InputError(f"--task {self.task!r} is not one of {', '.join(GLUE_TASKS)}")
         if self.epochs < 0:
             raise InputError(f"--epochs must be >= 0, got {self.epochs}")
-        if not 0.0 <= self.lr_warmup_fraction < 1.0:
+        if self.lr_warmup_fraction is not None and not 0.0 <= self.lr_warmup_fraction < 1.0:
             raise InputError(f"--lr-warmup-fraction must be in [0, 1), got {self.lr_warmup_fraction}")
         if self.eval_micro_batch_size < 1:
             raise InputError(f"--eval-batch-size must be >= 1, got {self.eval_micro_batch_size}")

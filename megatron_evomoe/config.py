@@ -112,6 +112,10 @@ class TrainingConfig:
     """Stop (after saving) when the iteration is a multiple of this."""
     exit_signal_handler: bool = False
     """On SIGTERM, save at the end of the current step and exit 0 (all ranks agree on the step)."""
+    exit_duration_in_mins: Optional[float] = None
+    """Stop (after saving) once training has run this many minutes (all ranks agree on the step)."""
+    moe_per_layer_logging: bool = False
+    """Log each MoE layer's auxiliary losses, not only their mean over MoE layers."""
     dry_run: bool = False
     """Validate the configuration, print model size and memory estimate, do not train."""
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)

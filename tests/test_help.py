@@ -100,3 +100,13 @@ def test_help_loads_neither_torch_nor_megatron_core(script):
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "megatron_evomoe.arguments" in imported or script in TOOLS
     assert sorted(m for m in imported if m.split(".")[0] in HEAVY) == []
+
+
+def test_a_missing_required_flag_answers_without_torch_too():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "pretrain_gpt_moe.py", "--num-layers", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "error: missing required flags: --hidden-size" in result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert sorted(m for m in imported if m.split(".")[0] in HEAVY) == []

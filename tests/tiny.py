@@ -14,6 +14,17 @@ from megatron_evomoe.training.loop import Task
 
 VOCAB = 128
 
+REQUIRED = [
+    "--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128",
+    "--micro-batch-size", "4", "--train-iters", "100", "--lr", "1e-3",
+]
+"""The flags Megatron-LM requires, at the values they defaulted to before they became required."""
+
+
+def with_required(*flags: str) -> list[str]:
+    """:data:`REQUIRED` followed by ``flags`` (a flag given again in ``flags`` wins)."""
+    return [*REQUIRED, *flags]
+
 
 def tiny_args(*extra: str) -> list[str]:
     """Flags of a 4-layer hidden-32 GPT with 4 experts on layers 1 and 3, no dropout.

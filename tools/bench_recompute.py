@@ -46,7 +46,7 @@ MODES = {
 DEMO = [
     "--num-layers", "4", "--hidden-size", "128", "--num-attention-heads", "4", "--seq-length", "128",
     "--num-experts", "4", "--moe-layer-freq", "2", "--micro-batch-size", "8", "--hidden-dropout", "0.1",
-    "--attention-dropout", "0.1", "--seed", "1234",
+    "--attention-dropout", "0.1", "--seed", "1234", "--train-iters", "1", "--lr", "1e-3",  # required; no training
 ]
 VOCAB = 4096
 

@@ -65,7 +65,7 @@ def _config(case: BenchCase, ffn: int, grouped_gemm: Optional[bool]):
         "--num-layers", "1", "--hidden-size", str(case.hidden), "--num-attention-heads", str(max(1, case.hidden // 64)),
         "--ffn-hidden-size", str(ffn), "--moe-ffn-hidden-size", str(case.ffn), "--seq-length", str(case.tokens),
         "--micro-batch-size", "1", "--num-experts", str(case.num_experts), "--moe-router-type", case.router,
-        "--moe-layer-freq", "1",
+        "--moe-layer-freq", "1", "--train-iters", "1", "--lr", "1e-3",  # required; no training here
     ]
     if case.dtype == "bf16":
         flags.append("--bf16")

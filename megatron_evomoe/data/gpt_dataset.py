@@ -155,6 +155,11 @@ class GPTDataConfig:
             for name in ("train_data_path", "valid_data_path", "test_data_path")
         ]
 
+    def check_paths_exist(self) -> None:
+        """Every prefix has its .bin and .idx (``--dry-run``: no file is read)."""
+        for prefix, flag in self.prefixes():
+            _check_prefix_files(prefix, flag)
+
     def check_files(self, tokenizer) -> None:
         """Every prefix has its .bin/.idx and no token id beyond ``tokenizer``'s vocabulary."""
         for prefix, flag in self.prefixes():

@@ -35,6 +35,7 @@ from megatron_evomoe.models.norm import LayerNorm
 from megatron_evomoe.moe.experts import GroupedGemmExperts, OutputScaledSequentialMLP
 from megatron_evomoe.moe.layer import MoELayer
 from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.moe_layer_freq import moe_layer_pattern as pattern_of_freq
 
 
 class _LocalBackend(LocalSpecProvider):
@@ -58,10 +59,7 @@ def moe_layer_pattern(config: ModelConfig) -> List[bool]:
     """True for the layers (0-based, global) whose FFN is an MoE layer."""
     if not config.num_moe_experts:
         return [False] * config.num_layers
-    freq = config.moe_layer_freq
-    if isinstance(freq, int):
-        return [i % freq == 0 for i in range(config.num_layers)]
-    return [bool(x) for x in freq]
+    return pattern_of_freq(config.moe_layer_freq, config.num_layers)
 
 
 def moe_mlp_spec(config: ModelConfig, use_te: bool) -> ModuleSpec:

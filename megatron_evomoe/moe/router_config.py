@@ -61,6 +61,8 @@ class RouterConfig:
 
     TOPK_CHOICES = None
     """The only top-k values the router accepts (None: any k in [1, --num-experts])."""
+    TOPK_REASON = ""
+    """Why a router with :attr:`TOPK_CHOICES` takes no other k (its paper's definition), for the error."""
     METHOD_NAME = None
     """The method the router belongs to, where it has a name of its own (DTS: EvoMoE); shown in the
     title of the router's flag group in ``--help``."""
@@ -74,7 +76,8 @@ class RouterConfig:
     def topk_message(self) -> str:
         """The error for a top-k outside :attr:`TOPK_CHOICES`."""
         allowed = " or ".join(str(k) for k in self.TOPK_CHOICES)
-        return f"--moe-router-topk {self.topk}: this router takes k = {allowed}"
+        reason = f": {self.TOPK_REASON}" if self.TOPK_REASON else ""
+        return f"--moe-router-topk {self.topk}: this router takes k = {allowed} only{reason}"
 
     # ------------------------------------------------------------------ run-dependent defaults
     def resolved(self, run: RunShape) -> "RouterConfig":

@@ -185,7 +185,12 @@ def format_report(run, report: DryRunReport, name: str) -> str:
 
 
 def print_dry_run(run, task, fine_tuning: bool = False) -> DryRunReport:
-    """The ``dry_run`` hook of ``training.entry.main``: count, estimate, print (rank 0 only)."""
+    """The ``dry_run`` hook of ``training.entry.main``: count, estimate, print (rank 0 only).
+
+    The data files must exist (the tokenizer's were read to size the vocabulary already), so a dry
+    run that passes is not followed by a training run that stops at a missing ``.bin``."""
+    if run.data is not None:
+        run.data.check_paths_exist()
     report = estimate(run, count_parameters(run, task), fine_tuning)
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_report(run, report, task.name), flush=True)

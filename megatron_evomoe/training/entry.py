@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.flag_rules import check_required
 
 if TYPE_CHECKING:
     from megatron_evomoe.training.loop import Task, TrainingSession
@@ -41,10 +42,12 @@ def configure(
     """Tokenizer (for the vocabulary size) and the validated run config.
 
     ``tokenizer_provider(args)`` builds the tokenizer (BERT adds its special tokens to a BPE one;
-    default: ``data.tokenizer.build_tokenizer_from_args``).
+    default: ``data.tokenizer.build_tokenizer_from_args``). The required flags are checked first: a
+    command line missing them hears so before anything else.
     """
     from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
 
+    check_required(args)
     tokenizer = (tokenizer_provider or build_tokenizer_from_args)(args)
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
@@ -88,6 +91,7 @@ def main(
     quiet_megatron()
     try:
         args = parse_args(argv, description, extra_args_provider, defaults)
+        check_required(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

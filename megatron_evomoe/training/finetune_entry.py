@@ -15,7 +15,10 @@ import sys
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from megatron_evomoe.arguments import build_parser, build_run_config, check_flag_values, world_size_from_env
-from megatron_evomoe.bert_arguments import FinetuneConfig, add_glue_args, finetune_config_from_args
+from megatron_evomoe.bert_arguments import (
+    ROBERTA_WARMUP_FRACTION, FinetuneConfig, add_glue_args, finetune_config_from_args,
+)
+from megatron_evomoe.data.glue.readers import read_task_data
 from megatron_evomoe.data.glue.tasks import GlueTask, get_task
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.training.entry import quiet_megatron
@@ -79,16 +82,34 @@ def check_bert_checkpoint(flag: str, root: str) -> None:
         )
 
 
+UNSUPPORTED_FLAGS = {
+    # dest: the pretraining loop's flags that the epoch loop of finetune.py does not act on
+    "exit_duration_in_mins": None, "exit_interval": None, "exit_signal_handler": False, "moe_per_layer_logging": False,
+}
+
+
+def check_unsupported_flags(args: argparse.Namespace) -> None:
+    """A pretraining flag that fine-tuning would ignore is an error, not a silent no-op."""
+    for dest, default in UNSUPPORTED_FLAGS.items():
+        if getattr(args, dest) != default:
+            raise InputError(f"finetune_glue.py does not support --{dest.replace('_', '-')} (it runs whole epochs "
+                             "and logs the summed auxiliary loss): leave it out")
+
+
 def set_schedule(args: argparse.Namespace, config: FinetuneConfig, num_train: int, world_size: int) -> None:
-    """--train-iters from epochs x steps per epoch (whole global batches); warm-up from its fraction."""
+    """--train-iters from epochs x steps per epoch (whole global batches); without a warm-up flag,
+    RoBERTa's 6% of the steps (``build_run_config`` turns the fraction into iterations)."""
+    for flag, value in (("--train-iters", args.train_iters), ("--train-samples", args.train_samples)):
+        if value is not None:
+            raise InputError(f"finetune_glue.py takes its length from --epochs: {flag} is not used, leave it out")
     dp = world_size // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size)
     global_batch = args.global_batch_size or args.micro_batch_size * max(dp, 1)
     steps_per_epoch = num_train // global_batch
     if config.epochs > 0 and steps_per_epoch == 0:
         raise InputError(f"train.tsv has {num_train} examples, fewer than one global batch ({global_batch})")
     args.train_iters = max(1, config.epochs * steps_per_epoch)
-    if not args.lr_warmup_iters:
-        args.lr_warmup_iters = int(config.lr_warmup_fraction * args.train_iters)
+    if args.lr_warmup_fraction is None and not args.lr_warmup_iters:
+        args.lr_warmup_fraction = ROBERTA_WARMUP_FRACTION
     args.eval_interval = args.train_iters  # the loop's interval is unused: dev sets are scored per epoch
     args.finetune = bool(args.load)  # --load: weights only (a fine-tuned model), start at step 0
 
@@ -131,7 +152,6 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optiona
         sys.exit(2)
     # torch and megatron-core load from here on: --help and flag errors have answered without them.
     from megatron_evomoe import initialize
-    from megatron_evomoe.data.glue.readers import read_task_data
     from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
     from megatron_evomoe.training.dry_run import print_dry_run
     from megatron_evomoe.training.finetune import finetune, glue_loop_task
@@ -142,7 +162,8 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optiona
         task = get_task(config.task)
         check_load_source(task, record, args)
         data = read_task_data(task, config.data_dir, train=config.epochs > 0, test=config.predict)
-        check_flag_values(args)  # before the schedule divides by the batch size
+        check_flag_values(args, train_length=False)  # before the schedule divides by the batch size
+        check_unsupported_flags(args)
         set_schedule(args, config, len(data.train), world_size_from_env())
         tokenizer = mlm_tokenizer_from_args(args)
         run = build_run_config(args, vocabulary_size(args, tokenizer, record))

@@ -33,6 +33,7 @@ from megatron_evomoe.training.checkpoint_keeper import CheckpointKeeper
 from megatron_evomoe.training.checkpointing import TrainState
 from megatron_evomoe.training.collectives import sum_over_world
 from megatron_evomoe.training.data_loading import build_iterator
+from megatron_evomoe.training.exit_duration import ExitDuration, exit_duration
 from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_handler
 from megatron_evomoe.training.flops import training_step_flops
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
@@ -449,8 +450,7 @@ def log_record(
             dropped_token_fraction=routing.dropped_fraction(),
             dropped_pair_fraction=routing.dropped_pair_fraction(),
         )
-        for name, values in routing.losses.items():
-            record[f"{name}_loss"] = [v / steps for v in values]
+        record.update(routing.loss_entries(steps, session.run.training.moe_per_layer_logging))
     return record
 
 
@@ -485,11 +485,14 @@ def step_flops(run: RunConfig, routing: StepRouting, routing_state) -> float:
 
 def pretrain(run: RunConfig, task: Task) -> TrainingSession:
     """Train ``task`` as configured by ``run`` (process groups must be initialised)."""
+    time_limit = exit_duration(run.training.exit_duration_in_mins)  # the clock starts before set-up
     with exit_signal_handler(run.training.exit_signal_handler) as stop_signal:
-        return _pretrain(run, task, stop_signal)
+        return _pretrain(run, task, stop_signal, time_limit)
 
 
-def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandler]) -> TrainingSession:
+def _pretrain(
+    run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandler], time_limit: Optional[ExitDuration] = None
+) -> TrainingSession:
     session = setup_session(run, task)
     training = run.training
     state = session.state
@@ -582,13 +585,20 @@ def _pretrain(run: RunConfig, task: Task, stop_signal: Optional[ExitSignalHandle
             or state.iteration == training.train_iters
         )
         signalled = stop_signal is not None and stop_signal.received_on_any_rank()
-        exiting = signalled or (training.exit_interval and state.iteration % training.exit_interval == 0)
+        timed_out = time_limit is not None and state.iteration < training.train_iters \
+            and time_limit.exceeded_on_any_rank()
+        exiting = signalled or timed_out or (training.exit_interval and state.iteration % training.exit_interval == 0)
         if should_save or (exiting and training.save):
             save_start = time.time()
             save(session)
             interval.start += time.time() - save_start  # checkpoint time is not training throughput
         if exiting:
-            reason = f"{stop_signal.name} received (--exit-signal-handler)" if signalled else "--exit-interval"
+            reason = (
+                f"{stop_signal.name} received (--exit-signal-handler)" if signalled
+                else f"--exit-duration-in-mins {time_limit.minutes:g} reached after "
+                f"{time_limit.elapsed_minutes():.2f} minutes" if timed_out
+                else "--exit-interval"
+            )
             print_rank0(f"exiting at iteration {state.iteration}: {reason}")
             break
     session.keeper.finish()

@@ -34,10 +34,12 @@ RUNTIME_FLAGS = frozenset(
     {
         "bf16", "fp16", "loss_scale", "initial_loss_scale", "moe_token_dispatcher_type",
         "moe_ranks_per_node", "moe_a2a_alpha_intra", "moe_a2a_beta_intra", "moe_a2a_alpha_inter",
-        "moe_a2a_beta_inter", "moe_a2a_calibrate",
+        "moe_a2a_beta_inter", "moe_a2a_calibrate", "moe_per_layer_logging",
     }
 )
 PATH_FLAGS = ("vocab_file", "merge_file", "tokenizer_model")
+RENAMED_FLAGS = {"layernorm_epsilon": "norm_epsilon"}
+"""Destinations renamed to Megatron-LM's since older records were written: old name -> new name."""
 
 
 def model_flag_names(parser: argparse.ArgumentParser) -> list[str]:
@@ -101,7 +103,8 @@ def read_model_args(root: str) -> Optional[dict[str, Any]]:
 def flag_defaults(record: dict[str, Any], parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The saved flags that ``parser`` knows, as ``parser.set_defaults`` keywords."""
     known = set(model_flag_names(parser))
-    return {name: value for name, value in record["flags"].items() if name in known}
+    flags = {RENAMED_FLAGS.get(name, name): value for name, value in record["flags"].items()}
+    return {name: value for name, value in flags.items() if name in known}
 
 
 def default_model_name(checkpoint_dir: Optional[str]) -> str:

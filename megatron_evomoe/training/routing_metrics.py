@@ -47,6 +47,18 @@ class StepRouting:
     def total_aux_loss(self) -> float:
         return float(sum(sum(values) for values in self.losses.values()))
 
+    def loss_entries(self, steps: int, per_layer: bool = False) -> Dict[str, object]:
+        """Log entries of the auxiliary losses, per step: ``<name>_loss``, the mean over MoE layers
+        (what Megatron-LM logs), and with ``per_layer`` (``--moe-per-layer-logging``) also
+        ``<name>_loss_per_layer``, one value per MoE layer (TensorBoard: ``.../layer_<k>``)."""
+        entries: Dict[str, object] = {}
+        for name, values in self.losses.items():
+            per_step = [v / max(steps, 1) for v in values]
+            entries[f"{name}_loss"] = sum(per_step) / max(len(per_step), 1)
+            if per_layer:
+                entries[f"{name}_loss_per_layer"] = per_step
+        return entries
+
     def add(self, other: "StepRouting") -> "StepRouting":
         """Element-wise sum (to aggregate a log interval)."""
         if not self.num_tokens:

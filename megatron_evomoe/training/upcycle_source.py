@@ -136,10 +136,12 @@ def architecture_flags(args: argparse.Namespace, seed: int) -> List[str]:
         "--num-attention-heads", args.num_attention_heads, "--ffn-hidden-size", ffn,
         "--seq-length", args.seq_length,
         "--max-position-embeddings", getattr(args, "max_position_embeddings", None) or args.seq_length,
-        "--layernorm-epsilon", epsilon, "--init-method-std", getattr(args, "init_method_std", 0.02),
+        "--norm-epsilon", epsilon, "--init-method-std", getattr(args, "init_method_std", 0.02),
         "--hidden-dropout", getattr(args, "hidden_dropout", 0.1),
         "--attention-dropout", getattr(args, "attention_dropout", 0.1),
         "--seed", seed, "--train-iters", getattr(args, "train_iters", None) or 1,
+        # required flags (no defaults); the dense run's values where it has them, only shapes matter here
+        "--micro-batch-size", getattr(args, "micro_batch_size", None) or 1, "--lr", getattr(args, "lr", None) or 1e-4,
     ]
     if getattr(args, "bf16", False):
         flags.append("--bf16")

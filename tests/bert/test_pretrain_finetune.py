@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--ffn-hidden-size", "64",
          "--seq-length", "32", "--num-experts", "4", "--moe-router-type", "dts", "--hidden-dropout", "0",
-         "--attention-dropout", "0", "--make-vocab-size-divisible-by", "8"]
+         "--attention-dropout", "0", "--make-vocab-size-divisible-by", "8", "--bert-no-binary-head"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_pretraining_logs_mlm_loss_accuracy_and_validation(pretrained):
 def test_tp2_checkpoint_loads_into_tp1_classifier(pretrained, megatron_world_of_one):
     record = read_model_args(pretrained["checkpoint"])
     defaults = flag_defaults(record, build_parser("", add_bert_args))  # the model flags, as finetune_glue.py does
-    run = build_run_config(parse_args(["--seed", "9"], "", add_bert_args, defaults), record["padded_vocab_size"], 1)
+    run = build_run_config(parse_args(["--seed", "9", "--micro-batch-size", "4", "--train-iters", "1", "--lr", "1e-3"], "",
+                                      add_bert_args, defaults), record["padded_vocab_size"], 1)
     model = build_bert_classifier(run.model, num_outputs=2)
     head_before = model.classification_head.projection.weight.detach().clone()
     assert not torch.equal(model.embedding.word_embeddings.weight, pretrained["embedding"])

@@ -43,11 +43,19 @@ def test_gpt_paper_configs(script, env, expected, corpus_data, tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_a_dry_run_names_missing_data(corpus_data, tmp_path):
+    missing = tmp_path / "none_text_document"
+    result = run_example("gpt_moe_paper_1node.sh", CKPT_DIR=tmp_path / "ckpt", VOCAB_FILE=corpus_data["VOCAB_FILE"],
+                         MERGE_FILE=corpus_data["MERGE_FILE"], DATA_PATH=missing, **DRY)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: data prefix '{missing}' (--data-path): missing {missing}.bin"
+
+
 @pytest.fixture(scope="module")
 def bert_dry_run(corpus_data, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("bert") / "roberta-moe"
     result = run_example("bert_moe_pretrain.sh", CKPT_DIR=ckpt, VOCAB_FILE=corpus_data["VOCAB_FILE"],
-                         MERGE_FILE=corpus_data["MERGE_FILE"], **DRY)
+                         MERGE_FILE=corpus_data["MERGE_FILE"], DATA_PATH=corpus_data["DATA_PATH"], **DRY)
     return result, ckpt
 
 
@@ -56,7 +64,8 @@ def test_bert_pretraining(bert_dry_run):
     out = _ok(result)
     assert "dry run of bert-moe: configuration valid for world size 8" in out
     assert "global 256 = micro 4 x DP 8 x 8 micro-batches" in out and "seq 512" in out
-    assert json.load(open(ckpt / "model_args.json"))["flags"]["num_layers"] == 24  # what fine-tuning reads
+    flags = json.load(open(ckpt / "model_args.json"))["flags"]  # what fine-tuning reads
+    assert flags["num_layers"] == 24 and flags["bert_binary_head"] is False  # RoBERTa, the paper's
 
 
 def test_glue_finetuning(bert_dry_run, corpus_data, tmp_path):

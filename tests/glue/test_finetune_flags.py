@@ -10,6 +10,7 @@ import pytest
 from megatron_evomoe.arguments import build_parser
 from megatron_evomoe.bert_arguments import add_bert_args, finetune_config_from_args
 from megatron_evomoe.data.glue.tasks import get_task
+from megatron_evomoe.flag_rules import warmup_iters
 from megatron_evomoe.training import finetune_entry
 from megatron_evomoe.training.model_args import model_flag_names, read_model_args, save_model_args
 from tests.distributed import run_ranks
@@ -49,7 +50,13 @@ def test_schedule_from_epochs_and_vocabulary_from_checkpoint(checkpoint, tmp_pat
     config = finetune_config_from_args(args)
     args.global_batch_size = 16
     finetune_entry.set_schedule(args, config, num_train=100, world_size=1)
-    assert (args.train_iters, args.lr_warmup_iters) == (18, 1)  # 3 x (100 // 16); 6% warm-up
+    assert (args.train_iters, args.lr_warmup_fraction) == (18, 0.06)  # 3 x (100 // 16); RoBERTa's 6% warm-up
+    assert warmup_iters(args.lr_warmup_iters, args.lr_warmup_fraction, args.train_iters) == 1  # int(1.08)
+    explicit, _, _ = finetune_entry.parse_finetune_args(_argv(checkpoint, str(tmp_path), "--lr-warmup-iters", "5"), "")
+    finetune_entry.set_schedule(explicit, config, num_train=100, world_size=1)
+    assert (explicit.lr_warmup_iters, explicit.lr_warmup_fraction) == (5, None)  # the flag, not the 6%
+    with pytest.raises(ValueError, match="takes its length from --epochs: --train-iters is not used"):
+        finetune_entry.set_schedule(argparse.Namespace(**{**vars(args), "train_iters": 9}), config, 100, 1)
     tokenizer = argparse.Namespace(vocab_size=300)
     assert finetune_entry.vocabulary_size(args, tokenizer, record) == 512  # not re-padded for this TP size
     with pytest.raises(ValueError, match="does not fit this tokenizer"):
@@ -108,3 +115,12 @@ def test_unknown_task_is_one_line_with_a_hint(tmp_path, capsys):
     err = _main_error(["--task", "MRPCX", "--data-dir", str(tmp_path)], capsys)
     assert err.count("\n") == 1 and err.startswith("finetune_glue.py: error: argument --task: invalid choice: 'MRPCX'")
     assert err.endswith("(see finetune_glue.py --help)\n")
+
+
+@pytest.mark.parametrize("flag", [["--exit-duration-in-mins", "5"], ["--exit-interval", "2"], ["--exit-signal-handler"],
+                                  ["--moe-per-layer-logging"]])
+def test_pretraining_flags_fine_tuning_ignores_are_refused(checkpoint, flag):
+    args, _, _ = finetune_entry.parse_finetune_args(_argv(checkpoint, "x", *flag), "")
+    with pytest.raises(ValueError, match=f"finetune_glue.py does not support {flag[0]} "):
+        finetune_entry.check_unsupported_flags(args)
+    finetune_entry.check_unsupported_flags(finetune_entry.parse_finetune_args(_argv(checkpoint, "x"), "")[0])

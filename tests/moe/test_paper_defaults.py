@@ -8,12 +8,13 @@ import pytest
 
 from megatron_evomoe.arguments import build_run_config, parse_args
 from megatron_evomoe.moe.schedule import resolve_evomoe_phases
+from tests.tiny import with_required
 
 VOCAB = 128
 
 
 def _config(*flags: str):
-    return build_run_config(parse_args(["--num-experts", "4", *flags]), VOCAB, 1).model
+    return build_run_config(parse_args(with_required("--num-experts", "4", *flags)), VOCAB, 1).model
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 
 from megatron_evomoe.arguments import build_parser, build_run_config, parse_args
 from megatron_evomoe.moe.routers import router_class, router_config_class
-from tests.tiny import VOCAB
+from tests.tiny import VOCAB, with_required
 
 PARSER_DEFAULTS = {
     # flag: parser default
@@ -55,21 +55,21 @@ def test_router_flags_keep_their_names_and_defaults():
      ("dselectk", 0.0, 2), ("dts", 0.1, 1)],
 )
 def test_shared_flags_default_to_the_routers_own_values(router, aux, topk):
-    model = build_run_config(parse_args(["--num-experts", "4", "--moe-router-type", router]), VOCAB, 1).model
+    model = build_run_config(parse_args(with_required("--num-experts", "4", "--moe-router-type", router)), VOCAB, 1).model
     assert (model.moe_router_type, model.moe_router.aux_loss_coeff, model.moe_router_topk) == (router, aux, topk)
     assert type(model.moe_router) is router_class(router).Config is router_config_class(router)  # the gate's own
 
 
 def test_run_dependent_defaults_are_resolved():
-    run = build_run_config(parse_args(["--num-experts", "4", "--moe-router-type", "stablemoe",
-                                       "--train-iters", "250"]), VOCAB, 1)
+    run = build_run_config(parse_args(with_required("--num-experts", "4", "--moe-router-type", "stablemoe",
+                                                    "--train-iters", "250")), VOCAB, 1)
     assert run.model.moe_router.stablemoe_stage1_iters == 25  # 10% of --train-iters
-    dts = build_run_config(parse_args(["--num-experts", "4", "--moe-router-type", "dts",
-                                       "--use-distributed-optimizer"]), VOCAB, 1).model.moe_router
+    dts = build_run_config(parse_args(with_required("--num-experts", "4", "--moe-router-type", "dts",
+                                                    "--use-distributed-optimizer")), VOCAB, 1).model.moe_router
     assert dts.optimizer_state == "reset"
 
 
 def test_a_bad_value_of_another_routers_flag_is_still_an_error():
     # As before the flags were generated: scripts that switch routers never uncover a bad value later.
     with pytest.raises(ValueError, match=r"--dts-threshold must be in \[0, 1\), got 2.0"):
-        build_run_config(parse_args(["--num-experts", "4", "--dts-threshold", "2"]), VOCAB, 1)
+        build_run_config(parse_args(with_required("--num-experts", "4", "--dts-threshold", "2")), VOCAB, 1)

@@ -25,6 +25,7 @@ class BaseConfig(RouterConfig):
     """Cap on bidding rounds; afterwards the remaining tokens fill free slots greedily."""
 
     TOPK_CHOICES = (1,)
+    TOPK_REASON = "BASE layers assign each token to exactly one expert (a linear assignment, Lewis et al. 2021)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

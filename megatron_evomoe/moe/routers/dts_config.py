@@ -62,6 +62,12 @@ class DTSConfig(RouterConfig):
     dts_top1_noise: bool = False
     """Keep gumbel noise in training after T_D, as Algorithm 2 does (off by default: docs/routers.md)."""
 
+    TOPK_CHOICES = (1,)
+    TOPK_REASON = (
+        "the DTS gate anneals to Top-1 by definition (EvoMoE sec. III-C); before T_D the number of experts "
+        "per token is set by --dts-threshold, not by a k"
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, value in (

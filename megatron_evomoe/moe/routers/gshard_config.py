@@ -24,3 +24,4 @@ class GShardConfig(RouterConfig):
     Algorithm 1; --no-gshard-random-routing: always both experts)."""
 
     TOPK_CHOICES = (2,)
+    TOPK_REASON = "GShard is top-2 by definition (Lepikhin et al. 2020; its random routing is of the 2nd expert)"

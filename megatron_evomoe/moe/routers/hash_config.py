@@ -26,6 +26,7 @@ class HashConfig(RouterConfig):
     """Training samples read to count token frequencies for the balanced hash."""
 
     TOPK_CHOICES = (1,)
+    TOPK_REASON = "a hash layer maps each token id to one expert (Roller et al. 2021)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -37,6 +37,7 @@ class StableMoEConfig(RouterConfig):
     """Dimension of the distilled router's word embedding."""
 
     TOPK_CHOICES = (1,)
+    TOPK_REASON = "StableMoE routes each token to one expert and distils that choice (Dai et al. 2022)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

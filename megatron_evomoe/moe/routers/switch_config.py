@@ -28,6 +28,7 @@ class SwitchConfig(RouterConfig):
     0 turns it off)."""
 
     TOPK_CHOICES = (1,)
+    TOPK_REASON = "Switch is top-1 by definition (Fedus et al. 2021: one expert per token)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

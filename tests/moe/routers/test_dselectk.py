@@ -8,7 +8,7 @@ import torch
 
 from megatron_evomoe.arguments import build_run_config, parse_args
 from megatron_evomoe.moe.routers.dselectk import DSelectKRouter, binary_codes, selector_outputs, smooth_step
-from tests.tiny import tiny_run
+from tests.tiny import tiny_run, with_required
 
 
 def _router(*flags):
@@ -84,8 +84,8 @@ def test_entropy_regulariser_by_hand(megatron_world_of_one):
 def test_entropy_default_is_the_official_scale():
     """google-research dselect_k_moe: EntropyRegularizer(schedule_fn=lambda x: 1e-6) times the entropy
     *summed* over the batch. Here a per-token mean: 1e-6 x tokens per micro-batch (2 x 16)."""
-    config = build_run_config(parse_args(["--num-experts", "4", "--moe-router-type", "dselectk",
-                                          "--micro-batch-size", "2", "--seq-length", "16"]), 128, 1)
+    config = build_run_config(parse_args(with_required("--num-experts", "4", "--moe-router-type", "dselectk",
+                                                       "--micro-batch-size", "2", "--seq-length", "16")), 128, 1)
     assert config.model.moe_router.dselectk_entropy_coeff == pytest.approx(1e-6 * 2 * 16)
 
 
