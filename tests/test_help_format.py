@@ -20,6 +20,7 @@ def test_a_value_default_follows_the_help():
 def test_none_and_off_switch_defaults_are_not_shown():
     assert _help_of(default=None, help="default: --other") == "FLAG default: --other"
     assert _help_of(action="store_true", help="on/off") == "on/off"
+    assert _help_of(action="store_false", dest="on", help="turns it off") == "turns it off"  # not "(default: True)"
 
 
 def test_a_default_the_help_shows_itself_is_not_repeated():
