@@ -43,6 +43,7 @@ from megatron_evomoe.data.indexed_writer import AtomicIndexedDatasetWriter
 from megatron_evomoe.data.sentence_splitter import SentenceSplitter, load_punkt_params, train_punkt_params
 from megatron_evomoe.data.tokenizer import FastTokenizer, MissingSpecialTokenError, TokenizerSpec
 from megatron_evomoe.data.tokenizer_record import publish_record, record_path, write_record_tmp
+from megatron_evomoe.progress import progress_text
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +254,15 @@ def encode_documents(
 
 class _Progress:
     """A progress bar with docs/s and MB/s on a terminal (tqdm; off when stderr is not a TTY), and a
-    log line every `interval` documents (for batch jobs' log files, as Megatron-LM prints)."""
+    log line every `interval` documents (for batch jobs' log files, as Megatron-LM prints) with the
+    elapsed time and the time left, from the bytes read of the input's known size."""
 
-    def __init__(self, interval: int) -> None:
+    def __init__(self, interval: int, total_bytes: int) -> None:
         self.interval = interval
         self.start = time.perf_counter()
         self.num_documents = 0
         self.num_bytes = 0
+        self.total_bytes = total_bytes
         self.bar = tqdm(unit=" docs", disable=None, dynamic_ncols=True, mininterval=0.5)
 
     def update(self, num_bytes: int) -> None:
@@ -271,10 +274,13 @@ class _Progress:
         if self.num_documents % self.interval == 0:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
             logger.info(
-                "processed %d documents (%.1f docs/s, %.2f MB/s)",
+                "processed %d documents (%.1f docs/s, %.2f MB/s, %.1f%% of %.1f MB) | %s",
                 self.num_documents,
                 self.num_documents / elapsed,
                 self._mb_per_s(),
+                100.0 * self.num_bytes / max(self.total_bytes, 1),
+                self.total_bytes / 1e6,
+                progress_text(self.num_bytes, self.total_bytes, elapsed),
             )
 
     def _mb_per_s(self) -> float:
@@ -338,7 +344,7 @@ def preprocess_data(config: PreprocessConfig) -> PreprocessStats:
         for key in config.json_keys:
             writers[key] = AtomicIndexedDatasetWriter(config.output_prefix_for(key), dtype)
         reader = CorpusReader(files, config.json_keys, "jsonl")
-        progress = _Progress(config.log_interval)
+        progress = _Progress(config.log_interval, sum(os.path.getsize(path) for path in files))
         for document, encoded in encode_documents(reader, spec, config.workers, config.chunksize, tokenizer):
             for key, item in encoded.items():
                 if item is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -65,6 +65,20 @@ class Router(MegatronModule, ABC):
     LOSS_NAMES: tuple = ("balance",)
     """Names of the entries this router puts in ``RoutingDecision.logged_losses`` (fixed per class,
     so every rank reduces the same table even when a pipeline stage holds no MoE layer)."""
+
+    @classmethod
+    def megatron_loss_names(cls, options: RouterConfig) -> Dict[str, Tuple[str, float]]:
+        """The entries of ``LOSS_NAMES`` that megatron-core logs under a name of its own:
+        ``{loss name: (megatron-core's name, the coefficient the logged value carries)}``.
+
+        TensorBoard shows them under megatron's tags, without the coefficient, as megatron-core's
+        ``track_moe_metrics`` does. Default: the balance loss of :meth:`add_balance_loss` (the
+        Switch form) is megatron's ``load_balancing_loss``; a router whose ``balance`` is another
+        formula returns ``{}`` and keeps our tag.
+        """
+        if "balance" in cls.LOSS_NAMES and options.aux_loss_coeff > 0:
+            return {"balance": ("load_balancing_loss", options.aux_loss_coeff)}
+        return {}
 
     NEEDS_TOKEN_IDS: bool = False
     """Whether ``forward`` routes by token id (the ids reach it through megatron's ``padding_mask``,

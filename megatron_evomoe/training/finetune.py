@@ -39,6 +39,7 @@ from megatron_evomoe.data.glue.submission import decode_outputs, write_submissio
 from megatron_evomoe.data.glue.tasks import GlueTask, metric_key
 from megatron_evomoe.models.bert_classifier import build_bert_classifier
 from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.progress import ProgressClock
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
@@ -48,6 +49,7 @@ from megatron_evomoe.training.loop import (
 from megatron_evomoe.training.predict import predict_outputs
 from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_metrics import collect_step_routing
+from megatron_evomoe.training.tensorboard_tags import tag_context
 
 
 # ------------------------------------------------------------------------------ task plumbing
@@ -189,7 +191,9 @@ def finetune(
     test_sets = [(f, dataset(examples)) for f, examples in data.test]
     result = FinetuneResult(task.name, model_name)
     flags = dict(sorted(run.flags.items()))
-    writer = MetricsWriter(run.training.tensorboard_dir, run.training.log_json)
+    # Megatron-LM's fine-tuning reports its classification loss as "lm loss" (tasks/finetune_utils.py).
+    writer = MetricsWriter(run.training.tensorboard_dir, run.training.log_json,
+                           tag_context(run, loop_task.main_metric, {"loss": "lm loss"}))
 
     def end_of_epoch(epoch: int) -> None:
         metrics = evaluate_dev(session, task, dev_sets, config.eval_micro_batch_size)
@@ -234,6 +238,7 @@ def _train_epochs(session: TrainingSession, loop_task: Task, train_view, config,
     loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
     sums: dict[str, float] = {}
     steps_logged, consecutive_skips, start = 0, 0, time.time()
+    clock = ProgressClock(config.epochs * train_view.steps_per_epoch, state.iteration)
     print_rank0(
         f"fine-tuning {loop_task.name}: {config.epochs} epochs x {train_view.steps_per_epoch} steps "
         f"of {training.global_batch_size} examples"
@@ -252,15 +257,17 @@ def _train_epochs(session: TrainingSession, loop_task: Task, train_view, config,
                 sums[name] = sums.get(name, 0.0) + value
             steps_logged += 1
             if state.iteration % training.log_interval == 0:
-                record = {"iteration": state.iteration, "epoch": epoch,
+                record = {"iteration": state.iteration, "consumed_samples": state.consumed_samples, "epoch": epoch,
                           **{k: v / steps_logged for k, v in sums.items()},
-                          "lr": session.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                          "lr": session.optimizer.param_groups[0]["lr"], "batch_size": training.global_batch_size,
+                          "grad_norm": grad_norm,
                           "elapsed_ms_per_iter": 1000.0 * (time.time() - start) / steps_logged}
-                writer.write(record)
+                writer.write(record, means.keys())
                 writer.print(" | ".join(
                     [f"iter {state.iteration:>6}/{training.train_iters}", f"epoch {epoch}"]
                     + [f"{k} {v:.4f}" for k, v in record.items() if k in sums]
-                    + [f"lr {record['lr']:.3e}", f"{record['elapsed_ms_per_iter']:.0f} ms/it"]
+                    + [f"lr {record['lr']:.3e}", f"{record['elapsed_ms_per_iter']:.0f} ms/it",
+                       clock.text(state.iteration)]
                 ))
                 sums, steps_logged, start = {}, 0, time.time()
         end_of_epoch(epoch)

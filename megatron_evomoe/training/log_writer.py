@@ -1,8 +1,8 @@
 """Where metrics go: the console, TensorBoard (``--tensorboard-dir``) and JSONL (``--log-json``).
 
-Only global rank 0 writes. A JSONL record holds scalars and per-MoE-layer lists; TensorBoard gets
-the scalars, per MoE layer the list entries as ``name/layer_k``, and the numbers of nested dicts as
-``name/key/...`` (``phase_flops/top1``, ``loss_jump/T_S/eval_loss_jump``).
+Only global rank 0 writes. A JSONL record holds scalars and per-MoE-layer lists under our keys (the
+analysis tools read them); TensorBoard gets them under Megatron-LM's tags where Megatron-LM logs the
+same quantity (``tensorboard_tags.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch.distributed as dist
+
+from megatron_evomoe.training.tensorboard_tags import TagContext, tensorboard_scalars
 
 
 def _is_writer() -> bool:
@@ -29,25 +31,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _numbers_in(nested: Dict[str, Any], prefix: str):
-    """``(prefix/key/..., number)`` for the numbers of nested dicts (e.g. ``loss_jump/T_S/eval_loss_jump``);
-    lists inside dicts (the routing probe's per-token data) are not scalars and are left out."""
-    for key, value in nested.items():
-        if _is_number(value):
-            yield f"{prefix}/{key}", value
-        elif isinstance(value, dict):
-            yield from _numbers_in(value, f"{prefix}/{key}")
-
-
 class MetricsWriter:
     """Writes one record per logged iteration to every configured sink."""
 
-    def __init__(self, tensorboard_dir: Optional[str] = None, log_json: Optional[str] = None):
+    def __init__(self, tensorboard_dir: Optional[str] = None, log_json: Optional[str] = None,
+                 tags: Optional[TagContext] = None):
         self.enabled = _is_writer()
+        self.tags = tags or TagContext()
         self.tb = None
         self.json_file = None
         if not self.enabled:
@@ -60,25 +50,16 @@ class MetricsWriter:
             os.makedirs(os.path.dirname(os.path.abspath(log_json)), exist_ok=True)
             self.json_file = open(log_json, "a", buffering=1)
 
-    def write(self, record: Dict[str, Any]) -> None:
-        """Send ``record`` (must hold ``iteration``) to TensorBoard and the JSONL file."""
+    def write(self, record: Dict[str, Any], metric_keys: Iterable[str] = ()) -> None:
+        """Send ``record`` (must hold ``iteration``) to TensorBoard and the JSONL file;
+        ``metric_keys`` name its task metrics (``lm_loss``), which TensorBoard calls ``lm loss``."""
         if not self.enabled:
             return
         if self.json_file is not None:
             self.json_file.write(json.dumps(_jsonable(record)) + "\n")
         if self.tb is not None:
-            step = record["iteration"]
-            for key, value in record.items():
-                if key == "iteration":
-                    continue
-                if _is_number(value):
-                    self.tb.add_scalar(key, value, step)
-                elif isinstance(value, list) and value and all(_is_number(v) for v in value):
-                    for layer, v in enumerate(value):
-                        self.tb.add_scalar(f"{key}/layer_{layer}", v, step)
-                elif isinstance(value, dict):
-                    for tag, v in _numbers_in(value, key):
-                        self.tb.add_scalar(tag, v, step)
+            for tag, value, step in tensorboard_scalars(record, self.tags, metric_keys):
+                self.tb.add_scalar(tag, value, step)
             self.tb.flush()
 
     def print(self, line: str) -> None:

@@ -28,6 +28,7 @@ from megatron_evomoe.device import batch_to_device, device_is_cuda
 from megatron_evomoe.moe.evolution import PhaseController, describe_schedule, routing_schedule
 from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.routers import router_class
+from megatron_evomoe.progress import ProgressClock
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpoint_keeper import CheckpointKeeper
 from megatron_evomoe.training.checkpointing import TrainState
@@ -44,6 +45,7 @@ from megatron_evomoe.training.optimizer_state import apply_parameter_updates
 from megatron_evomoe.training.router_data import prepare_routers_from_data
 from megatron_evomoe.training.routing_probe import build_routing_probe
 from megatron_evomoe.training.routing_metrics import StepRouting, collect_step_routing
+from megatron_evomoe.training.tensorboard_tags import tag_context
 
 
 CONTROLLER_STATE = "phase_controller"
@@ -394,6 +396,7 @@ class IntervalLog:
     """Accumulates what happens between two log lines."""
 
     def __init__(self):
+        self.metric_keys: set = set()  # every task metric seen (not reset: eval records name them too)
         self.reset(time.time())
 
     def reset(self, now: float) -> None:
@@ -410,6 +413,7 @@ class IntervalLog:
         self.steps += 1
         if phase is not None:
             self.phase_flops[phase] = self.phase_flops.get(phase, 0.0) + flops
+        self.metric_keys.update(means)
         for name, value in means.items():
             self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
         self.routing = self.routing.add(routing)
@@ -433,6 +437,7 @@ def log_record(
         **means,
         "aux_loss": routing.total_aux_loss() / steps,
         "lr": session.optimizer.param_groups[0]["lr"] if session.optimizer.param_groups else 0.0,
+        "batch_size": session.run.training.global_batch_size,
         "grad_norm": grad_norm,
         "tokens_per_sec": interval.tokens / elapsed,
         "elapsed_ms_per_iter": 1000.0 * elapsed / steps,
@@ -454,8 +459,8 @@ def log_record(
     return record
 
 
-def console_line(record: Dict[str, object], train_iters: int) -> str:
-    """One human-readable line per log interval."""
+def console_line(record: Dict[str, object], train_iters: int, progress: str = "") -> str:
+    """One human-readable line per log interval (``progress``: elapsed time and ETA)."""
     parts = [f"iter {record['iteration']:>6}/{train_iters}"]
     for key in sorted(k for k in record if k.endswith(("loss", "accuracy")) and isinstance(record[k], float)):
         parts.append(f"{key} {record[key]:.4f}")
@@ -470,6 +475,8 @@ def console_line(record: Dict[str, object], train_iters: int) -> str:
         parts.append("experts/token " + " ".join(f"{v:.2f}" for v in ept))
     if record["skipped_iters"]:
         parts.append(f"skipped {record['skipped_iters']}")
+    if progress:
+        parts.append(progress)
     return " | ".join(parts)
 
 
@@ -507,7 +514,7 @@ def _pretrain(
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), run.data_parallel_size
     train_iter = build_iterator(train_ds, state.consumed_samples, training.micro_batch_size, dp_rank, dp_size,
                                 training.num_workers)
-    writer = MetricsWriter(training.tensorboard_dir, training.log_json)
+    writer = MetricsWriter(training.tensorboard_dir, training.log_json, tag_context(run, task.main_metric))
     probe = build_routing_probe(run, valid_ds)  # None unless --log-routing-probe N
     loss_names = router_class(run.model.moe_router_type).LOSS_NAMES if run.model.num_moe_experts else ()
     interval = IntervalLog()
@@ -521,6 +528,7 @@ def _pretrain(
     schedule_line = describe_schedule(run.model, training.train_iters) if run.model.num_moe_experts else None
     if schedule_line:
         print_rank0(schedule_line)
+    clock = ProgressClock(training.train_iters, state.iteration)  # a resumed run: this process's rate
     while state.iteration < training.train_iters:
         iteration = state.iteration
         if diagnostics is not None:
@@ -557,7 +565,7 @@ def _pretrain(
         if state.iteration % training.eval_interval == 0 or state.iteration == training.train_iters:
             if valid_ds is not None and training.eval_iters > 0:
                 eval_start = time.time()
-                record = record or {"iteration": state.iteration}
+                record = record or {"iteration": state.iteration, "consumed_samples": state.consumed_samples}
                 record.update(evaluate(session, task, valid_ds))
                 if training.eval_as_served:
                     record.update(evaluate_as_served(session, task, valid_ds, record))
@@ -573,9 +581,10 @@ def _pretrain(
                 record.update(diagnostics.log_entries(session.model, state.iteration, probed))
             interval.start += time.time() - probe_start  # not training throughput
         if record is not None:
-            writer.write(record)
-            writer.print(console_line(record, training.train_iters) if "lr" in record else
-                         f"iter {state.iteration} | val loss {record['val_loss']:.4f} | val ppl {record['val_ppl']:.2f}")
+            writer.write(record, interval.metric_keys)
+            writer.print(console_line(record, training.train_iters, clock.text(state.iteration)) if "lr" in record
+                         else f"iter {state.iteration} | val loss {record['val_loss']:.4f} | val ppl "
+                         f"{record['val_ppl']:.2f}")
             if "val_loss" in record and "lr" in record:
                 writer.print(f"          validation: loss {record['val_loss']:.4f} | ppl {record['val_ppl']:.2f}"
                              + (f" | as served: loss {record['val_served_loss']:.4f} | ppl "

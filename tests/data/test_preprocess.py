@@ -190,7 +190,12 @@ def test_preprocess_cli(tmp_path, small_corpus_path, bpe_spec, bpe_tokenizer):
                     "--append-eod", "--workers", 2, "--log-interval", 5)
     assert done.returncode == 0, done.stderr
     assert "20 documents (0 empty skipped)" in done.stdout
-    assert "processed 10 documents (" in done.stderr and "MB/s)" in done.stderr
+    assert "processed 10 documents (" in done.stderr and "MB/s, " in done.stderr
+    # progress by bytes of the known input size: the first 10 lines of the file, then the time left
+    lines = open(small_corpus_path, "rb").readlines()
+    share = 100.0 * sum(len(line) for line in lines[:10]) / os.path.getsize(small_corpus_path)
+    assert f"{share:.1f}% of {os.path.getsize(small_corpus_path) / 1e6:.1f} MB) | elapsed " in done.stderr
+    assert re.search(r"\| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d", done.stderr), done.stderr
     sequences, _ = read_back(str(prefix) + "_text_document")
     assert sequences[0].tolist() == bpe_tokenizer.tokenize(records(small_corpus_path)[0]["text"]) + [bpe_tokenizer.eod]
 

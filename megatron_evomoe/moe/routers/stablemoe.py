@@ -78,6 +78,11 @@ class StableMoERouter(Router):
     NEEDS_TOKEN_IDS = True
 
     @classmethod
+    def megatron_loss_names(cls, options) -> dict:
+        """None: StableMoE's balance loss (its eq. 4) is not megatron's load_balancing_loss."""
+        return {}
+
+    @classmethod
     def gate_flops(cls, config, state) -> float:
         """Token-centroid scores 2*h*E (both stages: they scale the output), plus the distilled
         router's 2*d*E in stage 1 (its embedding lookup is free; stage 2 is a table lookup)."""
