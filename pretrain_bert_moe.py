@@ -12,7 +12,7 @@ the data. Data from tools/preprocess_data.py (WordPiece or BPE tokenizer of tool
         --train-iters 300 --lr 1e-3 --log-interval 10 --eval-interval 100 --save ckpt/bert --save-interval 100
 
 Several processes: ``torchrun --nproc-per-node 8 pretrain_bert_moe.py ... --expert-model-parallel-size 8``.
-Fine-tune the result with finetune_glue.py (docs/bert_glue.md).
+Fine-tune the result with finetune_glue.py (docs/bert_glue.md). ``--help`` lists every flag by group.
 """
 
 import os
@@ -20,26 +20,29 @@ from functools import partial
 
 from megatron_evomoe.arguments import RunConfig, build_parser
 from megatron_evomoe.bert_arguments import add_bert_args
-from megatron_evomoe.data.bert_dataset import bert_data_config, build_bert_datasets
-from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
-from megatron_evomoe.models.bert import bert_forward, build_bert_model, mlm_loss
-from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import main
-from megatron_evomoe.training.loop import Task
 from megatron_evomoe.training.model_args import default_model_name, save_model_args
 
 
 def forward_step(batch, model):
     """MLM (+ binary-head) outputs on the last stage; the loss function masks and sums them."""
+    from megatron_evomoe.models.bert import bert_forward, mlm_loss
+
     output = bert_forward(model, batch)
     return output, partial(mlm_loss, loss_mask=batch["loss_mask"], sentence_labels=batch["is_random"])
 
 
-def make_task(run: RunConfig, tokenizer) -> Task:
+def make_task(run: RunConfig, tokenizer):
     """BERT providers: model for this pipeline stage, megatron.core masked BERT datasets, forward step.
 
     Also records the model flags beside the checkpoints (``model_args.json``) for fine-tuning.
+    megatron-core is imported here, in :func:`forward_step` and in :func:`mlm_tokenizer`, after the
+    flags have parsed, so that ``--help`` answers without it.
     """
+    from megatron_evomoe.data.bert_dataset import bert_data_config, build_bert_datasets
+    from megatron_evomoe.models.bert import build_bert_model
+    from megatron_evomoe.training.loop import Task
+
     binary_head = run.bert.binary_head
     if run.training.save and int(os.environ.get("RANK", "0")) == 0:
         parser = build_parser("", add_bert_args)
@@ -56,13 +59,17 @@ def make_task(run: RunConfig, tokenizer) -> Task:
     return Task("bert-moe", build_model, build_datasets, forward_step)
 
 
+def mlm_tokenizer(args):
+    """The tokenizer with the special tokens masked-LM pretraining needs (``data/mlm_tokenizer.py``)."""
+    from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
+
+    return mlm_tokenizer_from_args(args)
+
+
 def cli(argv=None):
     """Parse ``argv`` (default: the command line) and train; returns the training session."""
     description = __doc__.splitlines()[0]
-    return main(
-        make_task, description, argv, extra_args_provider=add_bert_args, tokenizer_provider=mlm_tokenizer_from_args,
-        dry_run=print_dry_run,
-    )
+    return main(make_task, description, argv, extra_args_provider=add_bert_args, tokenizer_provider=mlm_tokenizer)
 
 
 if __name__ == "__main__":

@@ -11,27 +11,31 @@ Single process (CPU or one GPU)::
 Several processes: ``torchrun --nproc-per-node 8 pretrain_gpt_moe.py ... --expert-model-parallel-size 8``
 (see examples/ for the paper's configurations and multi-node launches). ``--dry-run`` (with
 ``WORLD_SIZE=8`` in the environment, no launcher) validates such a config and prints parameter counts
-and a per-GPU memory estimate without training.
+and a per-GPU memory estimate without training. ``--help`` lists every flag by group.
 """
 
 from functools import partial
 
 from megatron_evomoe.arguments import RunConfig
-from megatron_evomoe.data.gpt_dataset import build_gpt_datasets, require_data
-from megatron_evomoe.models.gpt import build_gpt_model, gpt_forward, masked_token_loss
-from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import main
-from megatron_evomoe.training.loop import Task
 
 
 def forward_step(batch, model):
     """Per-token losses on the last stage; the loss function masks and sums them."""
+    from megatron_evomoe.models.gpt import gpt_forward, masked_token_loss
+
     output = gpt_forward(model, batch)
     return output, partial(masked_token_loss, loss_mask=batch["loss_mask"])
 
 
-def make_task(run: RunConfig, tokenizer) -> Task:
-    """GPT providers: model for this pipeline stage, megatron.core GPT datasets, forward step."""
+def make_task(run: RunConfig, tokenizer):
+    """GPT providers: model for this pipeline stage, megatron.core GPT datasets, forward step.
+
+    megatron-core is imported here and in :func:`forward_step`, after the flags have parsed, so that
+    ``--help`` answers without it."""
+    from megatron_evomoe.data.gpt_dataset import build_gpt_datasets, require_data
+    from megatron_evomoe.models.gpt import build_gpt_model
+    from megatron_evomoe.training.loop import Task
 
     def build_datasets(run: RunConfig, num_samples):
         return build_gpt_datasets(require_data(run.data), tokenizer, num_samples)
@@ -43,4 +47,4 @@ def make_task(run: RunConfig, tokenizer) -> Task:
 
 
 if __name__ == "__main__":
-    main(make_task, __doc__.splitlines()[0], dry_run=print_dry_run)
+    main(make_task, __doc__.splitlines()[0])

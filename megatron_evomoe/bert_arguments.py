@@ -45,7 +45,7 @@ def add_glue_args(parser: argparse.ArgumentParser) -> None:
     """The BERT model flags plus the fine-tuning flags."""
     add_bert_args(parser)
     g = parser.add_argument_group(GLUE_GROUP)
-    g.add_argument("--task", choices=list(GLUE_TASKS), required=True)
+    g.add_argument("--task", choices=list(GLUE_TASKS), required=True, help="the GLUE task to fine-tune on")
     g.add_argument("--data-dir", required=True, help="the task's GLUE directory (train.tsv, dev*.tsv, test*.tsv)")
     g.add_argument(
         "--pretrained-checkpoint", default=None,

@@ -17,7 +17,7 @@ PACKAGE = REPO / "megatron_evomoe"
 COMPAT_USERS = {"initialize", "training.optimizer", "training.data_loading", "models.bert", "analysis.megatron_moe"}
 """The modules that adapt a megatron-core assumption through compat (device questions: device.py)."""
 
-LEAVES = {"errors", "seeding", "device", "config_flags", "progress"}
+LEAVES = {"errors", "seeding", "device", "config_flags", "help_format", "progress"}
 """Modules below everything else: they import nothing of ours (but the error type)."""
 
 

@@ -53,6 +53,7 @@ from megatron_evomoe.analysis.router_suite import (
 )
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.analysis.sweep import check_sweeps, extract_sweeps, parse_sweeps
+from megatron_evomoe.help_format import HelpFormatter
 from megatron_evomoe.moe.routers import available_routers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,8 +62,10 @@ OWNED = ("--seed", "--data-seed", "--train-iters", "--log-json", "--save", "--lo
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--output-dir", required=True)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], allow_abbrev=False, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--output-dir", required=True, help="one directory per run, the table and the plots")
     parser.add_argument(
         "--protocol", choices=PROTOCOLS, default="default",
         help="default: the short-run preset; paper: the EvoMoE paper's phases, balance weights and baselines",
@@ -80,14 +83,16 @@ def parse(argv=None):
         "--data-seed", type=int, default=1234,
         help="--data-seed of every run: one data order and one validation set for all seeds",
     )
-    parser.add_argument("--model-size", choices=list(MODEL_SIZES), default="tiny")
-    parser.add_argument("--train-iters", type=int, default=200)
-    parser.add_argument("--micro-batch-size", type=int, default=8)
-    parser.add_argument("--global-batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--min-lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--model-size", choices=list(MODEL_SIZES), default="tiny", help="the model preset every run trains"
+    )
+    parser.add_argument("--train-iters", type=int, default=200, help="--train-iters of every run")
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="--micro-batch-size of every run")
+    parser.add_argument("--global-batch-size", type=int, default=8, help="--global-batch-size of every run")
+    parser.add_argument("--lr", type=float, default=1e-3, help="--lr of every run")
+    parser.add_argument("--min-lr", type=float, default=1e-4, help="--min-lr of every run")
     parser.add_argument("--eval-interval", type=int, default=None, help="default: each run's train iters / 10")
-    parser.add_argument("--eval-iters", type=int, default=4)
+    parser.add_argument("--eval-iters", type=int, default=4, help="--eval-iters of every run")
     parser.add_argument("--log-interval", type=int, default=None, help="default: eval interval / 2")
     parser.add_argument("--save-interval", type=int, default=None, help="default: each run's train iters / 4")
     parser.add_argument(

@@ -20,18 +20,26 @@ from megatron_evomoe.analysis import routing_plots as plots
 from megatron_evomoe.analysis.run_log import read_records
 
 
-def parse(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The tool's flags (tokenizer flags from megatron_evomoe.data.flags, to decode ``--token``)."""
     from megatron_evomoe.data.flags import add_tokenizer_args
+    from megatron_evomoe.help_format import HelpFormatter
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--log-json", required=True, help="the run's metrics file")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--token", default=None, help="follow this token (decoded text, e.g. 'the')")
-    parser.add_argument("--token-id", type=int, default=None)
-    parser.add_argument("--probe-position", type=int, default=None)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False, formatter_class=HelpFormatter)
+    parser.add_argument("--log-json", required=True, help="the run's metrics file (pretraining's --log-json)")
+    parser.add_argument("--output-dir", required=True, help="directory for the plots and the top-tokens table")
+    parser.add_argument("--token", default=None, help="follow this token (decoded text, e.g. 'the'; needs the tokenizer)")
+    parser.add_argument("--token-id", type=int, default=None, help="follow the token with this id")
+    parser.add_argument(
+        "--probe-position", type=int, default=None, help="follow the token at this position of the routing probe"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="tokens per expert in the top-tokens table")
     add_tokenizer_args(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def decoder(args):

@@ -20,11 +20,12 @@ import sys
 import warnings
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse the command line (tokenizer flags come from megatron_evomoe.data.flags)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The tool's flags (tokenizer flags from megatron_evomoe.data.flags, shared with the training scripts)."""
     from megatron_evomoe.data.flags import add_tokenizer_args
+    from megatron_evomoe.help_format import HelpFormatter
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     group = parser.add_argument_group("input data")
     group.add_argument("--input", nargs="+", required=True, help="JSONL file(s), directories or glob patterns")
     group.add_argument("--json-keys", nargs="+", default=["text"], help="JSON keys to tokenize (one output each)")
@@ -45,7 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="encoding processes (output identical for any value)")
     group.add_argument("--log-interval", type=int, default=1000, help="log progress every N documents")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line."""
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

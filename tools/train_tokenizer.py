@@ -13,9 +13,11 @@ import sys
 import warnings
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The tool's flags."""
+    from megatron_evomoe.help_format import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="files, directories or glob patterns")
     parser.add_argument(
         "--input-format",
@@ -29,7 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, help="directory for the tokenizer files")
     parser.add_argument("--lowercase", action="store_true", help="lowercase and strip accents (wordpiece only)")
     parser.add_argument("--min-frequency", type=int, default=2, help="minimum frequency of a merge / vocab entry")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line."""
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_evomoe.data.tokenizer import TOKENIZER_TYPES
+from megatron_evomoe.data.tokenizer_types import TOKENIZER_TYPES
+
+TOKENIZER_GROUP = "tokenizer"
+"""The title of the tokenizer flags' group (``training/model_args.py`` saves them with a checkpoint)."""
 
 BLEND_HELP = (
     "one prefix, several prefixes (blended by size), or a weighted blend 'W1 PREFIX1 W2 PREFIX2 ...' "
@@ -23,7 +26,7 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     Returns:
         The argument group, so a caller can add tool-specific tokenizer flags next to them.
     """
-    group = parser.add_argument_group("tokenizer")
+    group = parser.add_argument_group(TOKENIZER_GROUP)
     group.add_argument(
         "--tokenizer-type",
         choices=TOKENIZER_TYPES,
@@ -63,7 +66,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group.add_argument(
         "--split",
         default="969,30,1",
-        help="train,valid,test proportions of the documents of each --data-path prefix (default 969,30,1)",
+        help="train,valid,test proportions of the documents of each --data-path prefix",
     )
     group.add_argument(
         "--data-cache-path",
@@ -77,12 +80,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="seed of the document and sample shuffles of every split (default: --seed, as in Megatron-LM); "
         "fix it to train and score several --seed runs on the same samples and validation tokens",
     )
-    group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     group.add_argument(
         "--mmap-bin-files",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="memory-map the .bin files (default); --no-mmap-bin-files reads them with file reads",
+        help="memory-map the .bin files; --no-mmap-bin-files reads them with file reads",
     )
     group.add_argument(
         "--reset-position-ids", action="store_true", help="restart position ids after each end-of-document token"

@@ -30,12 +30,9 @@ from megatron.core.tokenizers import MegatronTokenizerBase
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from megatron_evomoe.data.errors import DataInputError
-
-GPT2_TYPE = "GPT2BPETokenizer"
-BERT_LOWER_TYPE = "BertWordPieceLowerCase"
-BERT_CASE_TYPE = "BertWordPieceCase"
-HF_TYPE = "HuggingFaceTokenizer"
-TOKENIZER_TYPES = (GPT2_TYPE, BERT_LOWER_TYPE, BERT_CASE_TYPE, HF_TYPE)
+from megatron_evomoe.data.tokenizer_types import (
+    BERT_CASE_TYPE, BERT_LOWER_TYPE, GPT2_TYPE, HF_TYPE, TOKENIZER_TYPES,
+)
 
 GPT2_EOD_TOKEN = "<|endoftext|>"
 BERT_SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}

@@ -31,7 +31,7 @@ from megatron_evomoe.errors import InputError
 from megatron_evomoe.seeding import seeded_generator
 
 if TYPE_CHECKING:
-    from megatron_evomoe.moe.routers.dts import DTSRouter
+    from megatron_evomoe.moe.routers.dts_config import DTSConfig
 
 
 def _generator(seed: int, *parts) -> torch.Generator:
@@ -39,7 +39,7 @@ def _generator(seed: int, *parts) -> torch.Generator:
 
 
 def expert_masks(
-    ffn_hidden_size: int, hidden_size: int, options: DTSRouter.Config, seed: int, layer_number: int, expert_index: int
+    ffn_hidden_size: int, hidden_size: int, options: DTSConfig, seed: int, layer_number: int, expert_index: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Keep-masks (True = keep) of one expert's full ``fc1 [f, h]`` and ``fc2 [h, f]`` weights."""
     ratio = options.mask_ratio
@@ -53,7 +53,7 @@ def expert_masks(
     raise InputError(f"unknown --evomoe-mask-granularity {options.mask_granularity!r}")
 
 
-def rescale_factors(options: DTSRouter.Config) -> Tuple[float, float]:
+def rescale_factors(options: DTSConfig) -> Tuple[float, float]:
     """Factors applied to the kept (fc1, fc2) weights of a spawned expert (see the module doc)."""
     if not options.mask_rescale:
         return 1.0, 1.0
@@ -83,7 +83,7 @@ class SpawnedWeight:
 
 
 @torch.no_grad()
-def spawn_experts(layer, options: DTSRouter.Config, seed: int, tp_rank: int, tp_size: int) -> List[SpawnedWeight]:
+def spawn_experts(layer, options: DTSConfig, seed: int, tp_rank: int, tp_size: int) -> List[SpawnedWeight]:
     """Overwrite ``layer``'s local experts with masked copies of its shared expert.
 
     Args:
@@ -102,7 +102,7 @@ def spawn_experts(layer, options: DTSRouter.Config, seed: int, tp_rank: int, tp_
 
 @torch.no_grad()
 def spawn_from(
-    layer, source: Tuple[torch.nn.Parameter, torch.nn.Parameter], options: DTSRouter.Config, seed: int,
+    layer, source: Tuple[torch.nn.Parameter, torch.nn.Parameter], options: DTSConfig, seed: int,
     tp_rank: int, tp_size: int,
 ) -> List[SpawnedWeight]:
     """Overwrite ``layer``'s local experts with masked copies of the FFN weights ``source`` (this

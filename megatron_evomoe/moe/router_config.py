@@ -75,6 +75,9 @@ class RouterConfig:
     """The only top-k values the router accepts (None: any k in [1, --num-experts])."""
     TOPK_REASON = ""
     """Why a router with :attr:`TOPK_CHOICES` takes no other k (its paper's definition), for the error."""
+    METHOD_NAME = None
+    """The method the router belongs to, where it has a name of its own (DTS: EvoMoE); shown in the
+    title of the router's flag group in ``--help``."""
 
     BALANCE_LOSS = False
     """Whether the router has a balance loss whose statistics ``load_balancing_type`` chooses

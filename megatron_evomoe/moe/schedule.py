@@ -3,7 +3,7 @@
 EvoMoE (paper sec. III-C): stage 1 [0, T_S) trains the shared expert; at T_S experts are spawned
 and the DTS gate starts with tau = max; tau anneals to min over ``anneal_iters``; from T_D the gate is
 Top-1. The temperature is updated once per optimizer step (never per micro-batch). The DTS router's
-``Config`` (``moe/routers/dts.py``) holds the options and calls these functions.
+``Config`` (``moe/routers/dts_config.py``) holds the options and calls these functions.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Optional
 
 from megatron_evomoe.errors import InputError
 
-if TYPE_CHECKING:  # the router pulls in megatron-core; tools that only plan runs need not
-    from megatron_evomoe.moe.routers.dts import DTSRouter
+if TYPE_CHECKING:  # dts_config imports this module
+    from megatron_evomoe.moe.routers.dts_config import DTSConfig
 
 EXPERT_DIVERSIFY = "expert_diversify"
 GATE_SPARSIFY = "gate_sparsify"
@@ -100,7 +100,7 @@ def anneal_temperature(step: int, anneal_iters: int, max_temp: float, min_temp: 
     raise InputError(f"unknown --dts-temperature-schedule {schedule!r}")
 
 
-def evomoe_phase(iteration: int, options: DTSRouter.Config) -> str:
+def evomoe_phase(iteration: int, options: DTSConfig) -> str:
     """Phase of step ``iteration`` (0-based): expert_diversify, gate_sparsify or top1."""
     if options.expert_diversify and iteration < options.shared_expert_iters:
         return EXPERT_DIVERSIFY
@@ -109,7 +109,7 @@ def evomoe_phase(iteration: int, options: DTSRouter.Config) -> str:
     return TOP1 if iteration >= options.dts_top1_iter else GATE_SPARSIFY
 
 
-def evomoe_temperature(iteration: int, options: DTSRouter.Config) -> float:
+def evomoe_temperature(iteration: int, options: DTSConfig) -> float:
     """tau of step ``iteration``; annealing starts when the gate starts (T_S, or 0 without stage 1).
 
     In the "w/o gate-sparsify" ablation the gate is Switch's plain softmax: tau = 1.
@@ -126,7 +126,7 @@ def evomoe_temperature(iteration: int, options: DTSRouter.Config) -> float:
     )
 
 
-def diversify_iteration(options: DTSRouter.Config) -> int | None:
+def diversify_iteration(options: DTSConfig) -> int | None:
     """The step before which experts are spawned (T_S), or None when stage 1 is skipped."""
     if not options.expert_diversify:
         return None

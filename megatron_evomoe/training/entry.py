@@ -2,6 +2,10 @@
 
 User errors (bad flags, bad data, unusable checkpoints) end the process with one line on stderr and
 exit code 2, not a traceback.
+
+torch and megatron-core (seconds to import) load only once the flags have parsed: this module, the
+parser and the entry scripts import them inside functions, so ``--help`` and a mistyped flag answer
+at once (``tests/test_help.py``).
 """
 
 from __future__ import annotations
@@ -12,16 +16,14 @@ import logging
 import os
 import sys
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from megatron_evomoe import initialize
 from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
-from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.flag_rules import check_required
-from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
-from megatron_evomoe.training.loop import Task, TrainingSession, TrainingStopped, pretrain
-from megatron_evomoe.training.startup_checks import check_startup
+
+if TYPE_CHECKING:
+    from megatron_evomoe.training.loop import Task, TrainingSession
 
 
 def quiet_megatron() -> None:
@@ -35,15 +37,18 @@ def quiet_megatron() -> None:
 
 
 def configure(
-    args: argparse.Namespace, tokenizer_provider: Callable = build_tokenizer_from_args
+    args: argparse.Namespace, tokenizer_provider: Optional[Callable] = None
 ) -> tuple[RunConfig, object]:
     """Tokenizer (for the vocabulary size) and the validated run config.
 
-    ``tokenizer_provider(args)`` builds the tokenizer (BERT adds its special tokens to a BPE one).
-    The required flags are checked first: a command line missing them hears so before anything else.
+    ``tokenizer_provider(args)`` builds the tokenizer (BERT adds its special tokens to a BPE one;
+    default: ``data.tokenizer.build_tokenizer_from_args``). The required flags are checked first: a
+    command line missing them hears so before anything else.
     """
+    from megatron_evomoe.data.tokenizer import build_tokenizer_from_args, padded_vocab_size
+
     check_required(args)
-    tokenizer = tokenizer_provider(args)
+    tokenizer = (tokenizer_provider or build_tokenizer_from_args)(args)
     vocab = padded_vocab_size(
         tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size
     )
@@ -62,6 +67,8 @@ def configure(
 
 def checkpoint_padded_vocab(root: str, iteration: Optional[int] = None) -> Optional[int]:
     """The padded vocabulary size recorded in the checkpoint to load (``--ckpt-step`` or the newest)."""
+    from megatron_evomoe.training.checkpointing import META_FILE, CheckpointError, checkpoint_dir, read_tracker
+
     try:
         iteration = read_tracker(root) if iteration is None else iteration
         meta_path = os.path.join(checkpoint_dir(root, iteration), META_FILE)
@@ -77,15 +84,28 @@ def main(
     extra_args_provider=None,
     defaults: Optional[dict] = None,
     dry_run: Optional[Callable[[RunConfig, Task], None]] = None,
-    tokenizer_provider: Callable = build_tokenizer_from_args,
+    tokenizer_provider: Optional[Callable] = None,
 ) -> Optional[TrainingSession]:
-    """Parse flags, initialise, train. ``make_task(run, tokenizer)`` builds the task's providers."""
+    """Parse flags, initialise, train. ``make_task(run, tokenizer)`` builds the task's providers;
+    ``dry_run(run, task)`` answers ``--dry-run`` (default: ``training.dry_run.print_dry_run``)."""
     quiet_megatron()
     try:
         args = parse_args(argv, description, extra_args_provider, defaults)
+        check_required(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    # torch and megatron-core load from here on: --help and flag errors have answered without them.
+    from megatron_evomoe import initialize
+    from megatron_evomoe.training.dry_run import print_dry_run
+    from megatron_evomoe.training.loop import TrainingStopped, pretrain
+    from megatron_evomoe.training.startup_checks import check_startup
+
+    dry_run = dry_run or print_dry_run
+    try:
         run, tokenizer = configure(args, tokenizer_provider)
         task = make_task(run, tokenizer)
-        if run.training.dry_run and dry_run is not None:
+        if run.training.dry_run:
             dry_run(run, task)
             return None
         check_startup(run)

@@ -3,7 +3,8 @@
 flags (the source checkpoint's ``model_args.json`` as defaults) -> tokenizer -> every GLUE file read
 and checked -> the step schedule from the training-set size -> validated run config -> process
 groups -> fine-tune -> exit. User errors (flags, TSV files, checkpoints) end the process with one
-line on stderr and exit code 2, as the pretraining scripts do.
+line on stderr and exit code 2, as the pretraining scripts do. torch and megatron-core load only
+once the flags have parsed (imported inside the functions), so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -11,27 +12,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from megatron_evomoe import initialize
 from megatron_evomoe.arguments import build_parser, build_run_config, check_flag_values, world_size_from_env
 from megatron_evomoe.bert_arguments import (
     ROBERTA_WARMUP_FRACTION, FinetuneConfig, add_glue_args, finetune_config_from_args,
 )
 from megatron_evomoe.data.glue.readers import read_task_data
 from megatron_evomoe.data.glue.tasks import GlueTask, get_task
-from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
-from megatron_evomoe.data.tokenizer import padded_vocab_size
 from megatron_evomoe.errors import InputError
-from megatron_evomoe.training.checkpoint_files import holds_key_prefix
-from megatron_evomoe.training.checkpointing import TRACKER_FILE, checkpoint_dir, read_tracker
-from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import quiet_megatron
-from megatron_evomoe.training.finetune import FinetuneResult, finetune, glue_loop_task
 from megatron_evomoe.training.model_args import (
     MODEL_ARGS_FILE, default_model_name, flag_defaults, read_model_args, save_model_args,
 )
-from megatron_evomoe.training.startup_checks import check_startup
+
+if TYPE_CHECKING:
+    from megatron_evomoe.training.finetune import FinetuneResult
 
 BERT_ONLY_KEY_PREFIX = "lm_head."
 """Every BERT checkpoint (pretrained or fine-tuned: the classifier keeps the frozen LM head) stores it."""
@@ -69,6 +65,9 @@ def parse_finetune_args(
 def check_bert_checkpoint(flag: str, root: str) -> None:
     """``root`` exists and holds a BERT checkpoint (a masked-LM head: pretraining or fine-tuning),
     before its flags are read or anything is built."""
+    from megatron_evomoe.training.checkpoint_files import holds_key_prefix
+    from megatron_evomoe.training.checkpointing import TRACKER_FILE, checkpoint_dir, read_tracker
+
     if not os.path.isdir(root):
         raise InputError(f"{flag} {root}: no such checkpoint directory")
     if not os.path.isfile(os.path.join(root, TRACKER_FILE)):
@@ -117,6 +116,8 @@ def set_schedule(args: argparse.Namespace, config: FinetuneConfig, num_train: in
 
 def vocabulary_size(args: argparse.Namespace, tokenizer, record: Optional[dict]) -> int:
     """The source checkpoint's padded vocabulary (whatever TP it was padded for), else padded here."""
+    from megatron_evomoe.data.tokenizer import padded_vocab_size
+
     tp = args.tensor_model_parallel_size
     saved = (record or {}).get("padded_vocab_size")
     if saved is None:
@@ -146,6 +147,17 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "") -> Optiona
     quiet_megatron()
     try:
         args, record, parser = parse_finetune_args(argv, description)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    # torch and megatron-core load from here on: --help and flag errors have answered without them.
+    from megatron_evomoe import initialize
+    from megatron_evomoe.data.mlm_tokenizer import mlm_tokenizer_from_args
+    from megatron_evomoe.training.dry_run import print_dry_run
+    from megatron_evomoe.training.finetune import finetune, glue_loop_task
+    from megatron_evomoe.training.startup_checks import check_startup
+
+    try:
         config = finetune_config_from_args(args)
         task = get_task(config.task)
         check_load_source(task, record, args)

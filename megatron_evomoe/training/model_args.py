@@ -20,12 +20,16 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from megatron_evomoe.arguments import MODEL_GROUP, MOE_GROUP
+from megatron_evomoe.bert_arguments import BERT_GROUP
+from megatron_evomoe.data.flags import TOKENIZER_GROUP
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.router_arguments import ROUTER_GROUP_PREFIX
 
 MODEL_ARGS_FILE = "model_args.json"
-MODEL_GROUPS = ("model", "mixture of experts", ROUTER_GROUP_PREFIX, "tokenizer", "BERT")
-"""Titles (prefixes) of the argument groups whose flags define the model."""
+MODEL_GROUPS = (MODEL_GROUP, MOE_GROUP, TOKENIZER_GROUP, BERT_GROUP)
+"""Titles of the argument groups whose flags define the model (and every router's group:
+``ROUTER_GROUP_PREFIX``)."""
 RUNTIME_FLAGS = frozenset(
     {
         "bf16", "fp16", "loss_scale", "initial_loss_scale", "moe_token_dispatcher_type",
@@ -42,7 +46,7 @@ def model_flag_names(parser: argparse.ArgumentParser) -> list[str]:
     """Destinations of the model-defining flags of ``parser``."""
     names = []
     for group in parser._action_groups:  # argparse has no public accessor for groups
-        if group.title and group.title.startswith(MODEL_GROUPS):
+        if group.title in MODEL_GROUPS or (group.title or "").startswith(ROUTER_GROUP_PREFIX):
             names.extend(a.dest for a in group._group_actions if a.dest not in RUNTIME_FLAGS)
     return names
 

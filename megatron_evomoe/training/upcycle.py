@@ -44,6 +44,7 @@ from megatron_evomoe import initialize
 from megatron_evomoe.arguments import OneLineErrorParser, RunConfig, build_run_config, parse_args
 from megatron_evomoe.config_flags import flag_specs, values_from_args
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.help_format import HelpFormatter
 from megatron_evomoe.moe.diversify import spawn_from
 from megatron_evomoe.moe.evolution import PhaseController, moe_layers
 from megatron_evomoe.moe.router_config import RunShape
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The tool's flags: input, output, where the MoE layers go, how experts are spawned, the router."""
     parser = OneLineErrorParser(
         description="Upcycle a dense GPT checkpoint into an MoE checkpoint (EvoMoE's expert-diversify "
-        "or plain copies)", allow_abbrev=False,
+        "or plain copies)", allow_abbrev=False, formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--load", required=True,
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-experts", type=int, required=True, help="experts per MoE layer")
     parser.add_argument(
         "--moe-layer-freq", default="2",
-        help="as in Megatron-LM: k (layer i is MoE iff i %% k == 0; default 2, the paper's) or a list of 0/1 per "
+        help="as in Megatron-LM: k (layer i is MoE iff i %% k == 0; the paper's is 2) or a list of 0/1 per "
         "layer such as \"([0]+[1]*3)*2\"",
     )
     parser.add_argument(

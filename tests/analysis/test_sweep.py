@@ -13,6 +13,7 @@ from megatron_evomoe.analysis.router_suite import MODEL_SIZES, resolve_variants
 from megatron_evomoe.analysis.sweep import (
     check_sweeps, extract_sweeps, load_pretrain_parser, parse_sweeps, takes,
 )
+from megatron_evomoe.router_arguments import router_group_title
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -97,7 +98,7 @@ def test_router_specific_flags_belong_to_their_router_group():
     groups = {g.title: [a for a in g._group_actions] for g in parser._action_groups}
     routers = ["switch", "gshard", "base", "hash", "stablemoe", "dselectk", "dts"]
     for router in routers:
-        actions = groups[f"router {router} (--moe-router-type {router})"]
+        actions = groups[router_group_title(router)]
         assert actions
         for action in actions:
             owners = {r for r in routers + [None] if all(takes(r, s) for s in action.option_strings)}

@@ -24,7 +24,6 @@ Every rank of the group must route the same number of tokens (as the all-gather 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -32,11 +31,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 
-from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.auction import balanced_assignment
 from megatron_evomoe.moe.router import Router, RoutingDecision, orthogonal_centroids
-from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.serving_gate import SIGMOID_CHOICE, ServingGate, gate_tensor
+from megatron_evomoe.moe.routers.base_config import BaseConfig
 from megatron_evomoe.seeding import set_init_rule
 
 
@@ -67,26 +66,7 @@ def assign_over_group(
 class BaseRouter(Router):
     """Balanced assignment in training, greedy at inference, sigmoid gate on the chosen expert."""
 
-    @dataclass
-    class Config(RouterConfig):
-        aux_loss_coeff: float = 0.0
-        """BASE layers balance by construction: no aux loss."""
-        base_auction_epsilon: float = 1e-4
-        """The auction's bid increment relative to the score range; the assignment's total score is
-        within T * epsilon * range of the optimum (smaller is more exact, may take more rounds)."""
-        base_auction_max_rounds: int = 10000
-        """Cap on bidding rounds; afterwards the remaining tokens fill free slots greedily."""
-
-        TOPK_CHOICES = (1,)
-        TOPK_REASON = "BASE layers assign each token to exactly one expert (a linear assignment, Lewis et al. 2021)"
-        ROUTER_LOGITS = True  # the token-expert scores h . w_e
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.base_auction_epsilon <= 0:
-                raise InputError("--base-auction-epsilon must be > 0")
-            if self.base_auction_max_rounds < 1:
-                raise InputError("--base-auction-max-rounds must be >= 1")
+    Config = BaseConfig
 
     LOSS_NAMES = ()
 

@@ -20,7 +20,7 @@ Regularisers (as the official implementation adds them, here averaged over token
   ``EntropyRegularizer``) adds 1e-6 x the entropy *summed* over the batch to a batch-mean task loss.
   Here the entropy is averaged over the tokens of the micro-batch (the whole sequence under sequence
   parallelism), so a coefficient keeps its meaning across micro-batch sizes and parallel layouts;
-  the default, 1e-6 x tokens per micro-batch (:func:`official_entropy_coeff`), is the official
+  the default, 1e-6 x tokens per micro-batch (``dselectk_config.official_entropy_coeff``), is the official
   objective exactly;
 * when E is not a power of 2, codes >= E are unreachable experts: sum_j 1 / sum_{i<E} r_j(i) keeps
   selectors from putting their mass there (weight 1; it is 1 per selector once they converge).
@@ -32,31 +32,20 @@ Initialisation as in the official code: W_z, b_z ~ U(-gamma/100, gamma/100) (all
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision
-from megatron_evomoe.moe.router_config import RouterConfig, RoutingState, RunShape
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.serving_gate import DSELECTK, ServingGate, gate_tensor
+from megatron_evomoe.moe.routers.dselectk_config import DSelectKConfig
 from megatron_evomoe.seeding import set_init_rule
 
 ENTROPY_EPS = 1e-6
 """Inside the log of the entropy (official implementation), so that r = 0 contributes 0."""
-
-OFFICIAL_ENTROPY_REG = 1e-6
-"""The official code's regularisation parameter (``EntropyRegularizer`` default), applied to the
-entropy summed over the examples of a batch."""
-
-
-def official_entropy_coeff(tokens_per_microbatch: int) -> float:
-    """The per-token-mean coefficient equal to the official 1e-6 x sum over a micro-batch."""
-    return OFFICIAL_ENTROPY_REG * tokens_per_microbatch
-
 
 def smooth_step(t: torch.Tensor, gamma: float) -> torch.Tensor:
     """The cubic smooth-step S(t): 0 below -gamma/2, 1 above gamma/2, C^1 in between."""
@@ -109,29 +98,7 @@ def _uniform(bound: float, tensor: torch.Tensor) -> None:
 class DSelectKRouter(Router):
     """Per-token DSelect-k gate over E experts with k selectors."""
 
-    @dataclass
-    class Config(RouterConfig):
-        aux_loss_coeff: float = 0.0
-        """DSelect-k has an entropy regulariser instead (--dselectk-entropy-coeff)."""
-        topk: int = 2
-        """k single-expert selectors."""
-        dselectk_gamma: float = 1.0
-        """Smooth-step width gamma: its polynomial region is [-gamma/2, gamma/2] (k is --moe-router-topk)."""
-        dselectk_entropy_coeff: Optional[float] = None
-        """Weight of the selectors' entropy averaged over tokens (drives the gate to be sparse);
-        default: the official code's 1e-6 on a sum over the batch, i.e. 1e-6 x micro-batch tokens."""
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.dselectk_gamma <= 0:
-                raise InputError("--dselectk-gamma must be > 0")
-            if self.dselectk_entropy_coeff is not None and self.dselectk_entropy_coeff < 0:
-                raise InputError("--dselectk-entropy-coeff must be >= 0")
-
-        def resolved(self, run: RunShape) -> "DSelectKRouter.Config":
-            if self.dselectk_entropy_coeff is not None:
-                return self
-            return self.replace(dselectk_entropy_coeff=official_entropy_coeff(run.tokens_per_microbatch))
+    Config = DSelectKConfig
 
     LOSS_NAMES = ("entropy", "unreachable")
     FIXED_TOPK = False  # every expert while the bits are soft, <= k once they are binary

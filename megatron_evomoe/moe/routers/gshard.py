@@ -19,14 +19,14 @@ within each group).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from megatron_evomoe.moe.router import Router, RoutingDecision
-from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.serving_gate import SOFTMAX_TOPK, ServingGate, gate_tensor
+from megatron_evomoe.moe.routers.gshard_config import GShardConfig
 
 
 def top2_gating(
@@ -55,20 +55,7 @@ def top2_gating(
 class GShardRouter(Router):
     """Top-2 gate with the GShard balance loss and optional random routing of the second expert."""
 
-    @dataclass
-    class Config(RouterConfig):
-        aux_loss_coeff: float = 0.01
-        """GShard's alpha (as in fairseq and megatron): 1e-2."""
-        topk: int = 2
-        """GShard is a top-2 gate."""
-        gshard_random_routing: bool = True
-        """In training, use the 2nd expert only if 2*g2 > U(0,1), g2 normalised over the top-2 (GShard
-        Algorithm 1; on by default, --no-gshard-random-routing: always both experts)."""
-
-        TOPK_CHOICES = (2,)
-        TOPK_REASON = "GShard is top-2 by definition (Lepikhin et al. 2020; its random routing is of the 2nd expert)"
-        BALANCE_LOSS = True
-        ROUTER_LOGITS = True
+    Config = GShardConfig
 
     LOSS_NAMES = ("balance",)
 

@@ -21,16 +21,15 @@ MoE layer (``moe/token_ids.py``).
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision
-from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.serving_gate import TOKEN_TABLE, ServingGate, gate_tensor
+from megatron_evomoe.moe.routers.hash_config import HashConfig
 from megatron_evomoe.seeding import stable_seed
 
 UNSET = -1
@@ -75,25 +74,7 @@ def _layer_seed(seed: int, layer_number: Optional[int]) -> int:
 class HashRouter(Router):
     """Fixed token-id -> expert routing from a random or frequency-balanced table."""
 
-    @dataclass
-    class Config(RouterConfig):
-        aux_loss_coeff: float = 0.0
-        """Fixed routing: nothing to balance."""
-        hash_type: Literal["random", "balanced"] = "random"
-        """'random' (a fixed random token->expert table per layer) or 'balanced' (built from
-        training-data token frequencies, most frequent tokens first into the emptiest expert)."""
-        hash_frequency_samples: int = 2000
-        """Training samples read to count token frequencies for the balanced hash."""
-
-        TOPK_CHOICES = (1,)
-        TOPK_REASON = "a hash layer maps each token id to one expert (Roller et al. 2021)"
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.hash_type not in ("random", "balanced"):
-                raise InputError(f"--hash-type must be 'random' or 'balanced', got {self.hash_type!r}")
-            if self.hash_frequency_samples < 1:
-                raise InputError("--hash-frequency-samples must be >= 1")
+    Config = HashConfig
 
     LOSS_NAMES = ()
     NEEDS_TOKEN_IDS = True

@@ -14,20 +14,15 @@ token dropping are applied by the MoE layer with k = 1; dropped tokens pass thro
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from megatron_evomoe.config_flags import flag
-from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.router import Router, RoutingDecision, fp32_gate_logits
-from megatron_evomoe.moe.router_config import RouterConfig, RoutingState
+from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.serving_gate import SOFTMAX_TOPK, ServingGate, gate_tensor
 
-SWITCH_JITTER_EPS = 1e-2
-"""Default eps of the router-input jitter: input jitter was the best exploration strategy in Switch
-Transformers' Table 11; 1e-2 is the authors' Mesh TensorFlow default (``switch_jitter``)."""
+from megatron_evomoe.moe.routers.switch_config import SwitchConfig
 
 
 def top1_routing(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,23 +53,7 @@ def multiplicative_jitter(router_input: torch.Tensor, eps: float) -> torch.Tenso
 class SwitchRouter(Router):
     """Top-1 gate with the Switch balance loss."""
 
-    @dataclass
-    class Config(RouterConfig):
-        aux_loss_coeff: float = 0.01
-        """Switch sec. 2.2: alpha = 1e-2."""
-        jitter_eps: float = flag(SWITCH_JITTER_EPS, name="--moe-input-jitter-eps")
-        """Multiplicative jitter U(1-eps, 1+eps) on the router input in training (default 0.01, the
-        Switch paper's; 0 turns it off)."""
-
-        TOPK_CHOICES = (1,)
-        TOPK_REASON = "Switch is top-1 by definition (Fedus et al. 2021: one expert per token)"
-        BALANCE_LOSS = True
-        ROUTER_LOGITS = True
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0.0 <= self.jitter_eps < 1.0:
-                raise InputError("--moe-input-jitter-eps must be in [0, 1)")
+    Config = SwitchConfig
 
     LOSS_NAMES = ("balance",)
 
