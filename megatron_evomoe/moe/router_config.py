@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 from megatron_evomoe.config_flags import flag
 from megatron_evomoe.errors import InputError
-from megatron_evomoe.moe.load_balancing import AUX_LOSS, LOAD_BALANCING_TYPES, NONE
+from megatron_evomoe.moe.load_balancing_types import AUX_LOSS, LOAD_BALANCING_TYPES, NONE
 
 SPARSE = "sparse"
 """The phase of a router whose routing never changes with the iteration."""
