@@ -15,7 +15,8 @@ Batch arithmetic (this example): 1 process, micro batch 8 x 1 micro-batch = glob
 sequences x 64 tokens = 512 tokens per iteration; 200 iterations = 102,400 tokens per run.
 
 Flags this script does not know (data, tokenizer, any pretrain_gpt_moe.py override such as
-``--num-experts 8``) go to every run, after the presets. Run it again to resume: complete runs are
+``--num-experts 8``) go, after the presets, to every run that reads them: MoE flags never to dense,
+a router's own flags only to its rows. Run it again to resume: complete runs are
 kept, interrupted ones resume from their last checkpoint. ``--routers`` picks a subset,
 ``--launcher "torchrun --nproc-per-node 8"`` runs each job distributed, ``--report-only`` only
 rewrites the outputs from the runs on disk.
