@@ -18,8 +18,9 @@ Fine-tune the result with finetune_glue.py (docs/bert_glue.md). ``--help`` lists
 import os
 from functools import partial
 
-from megatron_evomoe.arguments import RunConfig, build_parser
+from megatron_evomoe.arguments import build_parser
 from megatron_evomoe.bert_arguments import add_bert_args
+from megatron_evomoe.run_config import RunConfig
 from megatron_evomoe.training.entry import main
 from megatron_evomoe.training.model_args import default_model_name, save_model_args
 

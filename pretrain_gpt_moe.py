@@ -16,7 +16,7 @@ and a per-GPU memory estimate without training. ``--help`` lists every flag by g
 
 from functools import partial
 
-from megatron_evomoe.arguments import RunConfig
+from megatron_evomoe.run_config import RunConfig
 from megatron_evomoe.training.entry import main
 
 

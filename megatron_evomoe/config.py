@@ -38,7 +38,7 @@ class ModelConfig(TransformerConfig):
     """Which router (``--moe-router-type``, a name of the registry in ``moe/routers/__init__.py``)."""
     moe_router: RouterConfig = field(default_factory=RouterConfig)
     """That router's ``Config`` (``router_config_class(moe_router_type)``), resolved for the run: its
-    hyper-parameters, defaults and phases. ``arguments.build_run_config`` sets both fields."""
+    hyper-parameters, defaults and phases. ``run_config.build_run_config`` sets both fields."""
     moe_dispatch: DispatchOptions = field(default_factory=DispatchOptions)
     moe_recompute: str = "none"
     """'none' or 'moe_aware' (save layer input and all-to-all boundaries, recompute the rest)."""

@@ -8,8 +8,9 @@ from functools import partial
 import torch
 from torch.utils.data import Dataset
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.models.gpt import build_gpt_model, gpt_forward, masked_token_loss
+from megatron_evomoe.run_config import build_run_config
 from megatron_evomoe.training.loop import Task
 
 VOCAB = 128

@@ -97,11 +97,12 @@ def _measure(args: argparse.Namespace) -> dict:
     import torch.distributed as dist
 
     from megatron_evomoe import initialize
-    from megatron_evomoe.arguments import build_run_config, parse_args
+    from megatron_evomoe.arguments import parse_args
     from megatron_evomoe.models.gpt import build_gpt_model, gpt_forward
     from megatron_evomoe.moe.activation_memory import SavedTensorMeter
     from megatron_evomoe.moe.evolution import moe_layers
     from megatron_evomoe.moe.router import RoutingState
+    from megatron_evomoe.run_config import build_run_config
 
     # megatron's RNG tracker warns whenever the CPU generator moves inside a fork, which on a CPU
     # machine (where its "CUDA" generator is the CPU one) happens at every weight initialisation.

@@ -31,11 +31,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.device import use_transformer_engine
 from megatron_evomoe.models.layer_specs import dense_mlp_spec, moe_mlp_spec
 from megatron_evomoe.moe.activation_memory import SavedTensorMeter
 from megatron_evomoe.moe.router_config import RoutingState
+from megatron_evomoe.run_config import build_run_config
 
 ROUTERS = ("switch", "gshard", "dts")
 COMPARISONS = ("megatron-core", "per-expert-loop")

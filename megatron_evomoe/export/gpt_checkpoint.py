@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 
-from megatron_evomoe.arguments import RunConfig, architecture_meta, build_parser, build_run_config
+from megatron_evomoe.arguments import build_parser
 from megatron_evomoe.data.errors import DataInputError
 from megatron_evomoe.data.gpt_dataset import PATH_FLAGS, GPTDataConfig
 from megatron_evomoe.data.tokenizer import FastTokenizer, build_tokenizer_from_args, padded_vocab_size
@@ -31,6 +31,7 @@ from megatron_evomoe.errors import InputError
 from megatron_evomoe.models.gpt import build_gpt_model
 from megatron_evomoe.moe.evolution import PhaseController
 from megatron_evomoe.moe.router_config import RoutingState
+from megatron_evomoe.run_config import RunConfig, architecture_meta, build_run_config
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpoint_files import holds_key_prefix
 from megatron_evomoe.training.model_args import model_flag_names

@@ -18,9 +18,10 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from megatron_evomoe.arguments import RunConfig, build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.flag_rules import check_required
+from megatron_evomoe.run_config import RunConfig, build_run_config
 
 if TYPE_CHECKING:
     from megatron_evomoe.training.loop import Task, TrainingSession

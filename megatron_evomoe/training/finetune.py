@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 
-from megatron_evomoe.arguments import RunConfig, architecture_meta
 from megatron_evomoe.bert_arguments import FinetuneConfig
 from megatron_evomoe.data.glue.dataset import EpochShuffledDataset, GlueDataset
 from megatron_evomoe.data.glue.metrics import task_metrics
@@ -40,6 +39,7 @@ from megatron_evomoe.data.glue.tasks import GlueTask, metric_key
 from megatron_evomoe.models.bert_classifier import build_bert_classifier
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.progress import ProgressClock
+from megatron_evomoe.run_config import RunConfig, architecture_meta
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0

@@ -14,13 +14,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from megatron_evomoe.arguments import build_parser, build_run_config, check_flag_values, world_size_from_env
+from megatron_evomoe.arguments import build_parser
 from megatron_evomoe.bert_arguments import (
     ROBERTA_WARMUP_FRACTION, FinetuneConfig, add_glue_args, finetune_config_from_args,
 )
 from megatron_evomoe.data.glue.readers import read_task_data
 from megatron_evomoe.data.glue.tasks import GlueTask, get_task
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.flag_checks import check_flag_values
+from megatron_evomoe.run_config import build_run_config, world_size_from_env
 from megatron_evomoe.training.entry import quiet_megatron
 from megatron_evomoe.training.model_args import (
     MODEL_ARGS_FILE, default_model_name, flag_defaults, read_model_args, save_model_args,

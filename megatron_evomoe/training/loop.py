@@ -23,12 +23,12 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from torch.utils.data import Dataset
 
-from megatron_evomoe.arguments import RunConfig, architecture_meta, precision_name
 from megatron_evomoe.device import batch_to_device, device_is_cuda
 from megatron_evomoe.moe.evolution import PhaseController, describe_schedule, routing_schedule
 from megatron_evomoe.moe.router_config import RoutingState
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.progress import ProgressClock
+from megatron_evomoe.run_config import RunConfig, architecture_meta, precision_name
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpoint_keeper import CheckpointKeeper
 from megatron_evomoe.training.checkpointing import TrainState
@@ -37,6 +37,7 @@ from megatron_evomoe.training.data_loading import build_iterator
 from megatron_evomoe.training.exit_duration import ExitDuration, exit_duration
 from megatron_evomoe.training.exit_signal import ExitSignalHandler, exit_signal_handler
 from megatron_evomoe.training.flops import training_step_flops
+from megatron_evomoe.training.interval_log import IntervalLog, console_line, log_record
 from megatron_evomoe.training.log_writer import MetricsWriter, print_rank0
 from megatron_evomoe.training.megatron_lm_args import megatron_lm_common
 from megatron_evomoe.training.moe_diagnostics import build_moe_diagnostics, without_rng_side_effects
@@ -376,7 +377,7 @@ def evaluate_as_served(session: TrainingSession, task: Task, valid_dataset: Data
     return {"val_served_loss": result["val_loss"], "val_served_ppl": result["val_ppl"]}
 
 
-def validation_loss(session: TrainingSession, task: Task, valid_dataset, interval: "IntervalLog"):
+def validation_loss(session: TrainingSession, task: Task, valid_dataset, interval: IntervalLog):
     """``() -> validation loss`` for measurements outside the evaluation schedule (None without
     validation data): its time is not training throughput, and it leaves the RNG as it found it."""
     if valid_dataset is None or session.run.training.eval_iters <= 0:
@@ -389,95 +390,6 @@ def validation_loss(session: TrainingSession, task: Task, valid_dataset, interva
         return value
 
     return without_rng_side_effects(loss)
-
-
-# ------------------------------------------------------------------------------------- logging
-class IntervalLog:
-    """Accumulates what happens between two log lines."""
-
-    def __init__(self):
-        self.metric_keys: set = set()  # every task metric seen (not reset: eval records name them too)
-        self.reset(time.time())
-
-    def reset(self, now: float) -> None:
-        self.start = now
-        self.steps = 0
-        self.metric_sums: Dict[str, float] = {}
-        self.routing = StepRouting()
-        self.tokens = 0
-        self.skipped = 0
-        self.phase_flops: Dict[str, float] = {}
-
-    def add(self, means: Dict[str, float], routing: StepRouting, tokens: int, applied: bool,
-            flops: float = 0.0, phase: Optional[str] = None) -> None:
-        self.steps += 1
-        if phase is not None:
-            self.phase_flops[phase] = self.phase_flops.get(phase, 0.0) + flops
-        self.metric_keys.update(means)
-        for name, value in means.items():
-            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
-        self.routing = self.routing.add(routing)
-        self.tokens += tokens
-        self.skipped += 0 if applied else 1
-
-
-def log_record(
-    session: TrainingSession, interval: IntervalLog, grad_norm: Optional[float], now: float
-) -> Dict[str, object]:
-    """The JSON record of one logged iteration (and what the console line shows)."""
-    state = session.state
-    elapsed = max(now - interval.start, 1e-9)
-    means = {k: v / max(interval.steps, 1) for k, v in interval.metric_sums.items()}
-    routing = interval.routing
-    steps = max(interval.steps, 1)
-    routing_state = session.controller.routing_state(state.iteration - 1)
-    record: Dict[str, object] = {
-        "iteration": state.iteration,
-        "consumed_samples": state.consumed_samples,
-        **means,
-        "aux_loss": routing.total_aux_loss() / steps,
-        "lr": session.optimizer.param_groups[0]["lr"] if session.optimizer.param_groups else 0.0,
-        "batch_size": session.run.training.global_batch_size,
-        "grad_norm": grad_norm,
-        "tokens_per_sec": interval.tokens / elapsed,
-        "elapsed_ms_per_iter": 1000.0 * elapsed / steps,
-        "flops": state.floating_point_operations,
-        "skipped_iters": state.skipped_iters,
-        "loss_scale": float(session.optimizer.get_loss_scale()),
-    }
-    if routing.num_tokens:
-        record.update(
-            phase=routing_state.phase,
-            phase_flops=dict(interval.phase_flops),  # this interval's FLOPs by routing phase
-            temperature=routing_state.temperature,
-            tokens_per_expert=routing.tokens_per_expert,
-            experts_per_token=routing.experts_per_token(),
-            dropped_token_fraction=routing.dropped_fraction(),
-            dropped_pair_fraction=routing.dropped_pair_fraction(),
-        )
-        record.update(routing.loss_entries(steps, session.run.training.moe_per_layer_logging))
-    return record
-
-
-def console_line(record: Dict[str, object], train_iters: int, progress: str = "") -> str:
-    """One human-readable line per log interval (``progress``: elapsed time and ETA)."""
-    parts = [f"iter {record['iteration']:>6}/{train_iters}"]
-    for key in sorted(k for k in record if k.endswith(("loss", "accuracy")) and isinstance(record[k], float)):
-        parts.append(f"{key} {record[key]:.4f}")
-    parts.append(f"lr {record['lr']:.3e}")
-    if record.get("grad_norm") is not None:
-        parts.append(f"grad norm {record['grad_norm']:.3f}")
-    parts.append(f"tok/s {record['tokens_per_sec']:.0f}")
-    parts.append(f"{record['elapsed_ms_per_iter']:.0f} ms/it")
-    if "phase" in record:
-        parts.append(f"phase {record['phase']} tau {record['temperature']:.3f}")
-        ept = record["experts_per_token"]
-        parts.append("experts/token " + " ".join(f"{v:.2f}" for v in ept))
-    if record["skipped_iters"]:
-        parts.append(f"skipped {record['skipped_iters']}")
-    if progress:
-        parts.append(progress)
-    return " | ".join(parts)
 
 
 # -------------------------------------------------------------------------------------- pretrain

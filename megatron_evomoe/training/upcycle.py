@@ -41,7 +41,7 @@ from typing import List, Optional
 import torch
 
 from megatron_evomoe import initialize
-from megatron_evomoe.arguments import OneLineErrorParser, RunConfig, build_run_config, parse_args
+from megatron_evomoe.arguments import OneLineErrorParser, parse_args
 from megatron_evomoe.config_flags import flag_specs, values_from_args
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.help_format import HelpFormatter
@@ -52,6 +52,7 @@ from megatron_evomoe.moe.routers import available_routers
 from megatron_evomoe.moe.routers.dts import DTSRouter
 from megatron_evomoe.moe_layer_freq import LayerFreq, moe_layer_pattern, parse_moe_layer_freq
 from megatron_evomoe.router_arguments import add_router_args
+from megatron_evomoe.run_config import RunConfig, build_run_config
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpointing import CheckpointError, TrainState, unwrap_model
 from megatron_evomoe.training.entry import quiet_megatron

@@ -26,8 +26,9 @@ from typing import Any, Dict, List, Optional
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.validation import StrictHandling
 
-from megatron_evomoe.arguments import RunConfig, architecture_meta, build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.models.gpt import build_gpt_model
+from megatron_evomoe.run_config import RunConfig, architecture_meta, build_run_config
 from megatron_evomoe.training import checkpoint_files, checkpointing
 from megatron_evomoe.training.checkpointing import CheckpointError, TrainState, unwrap_model
 from megatron_evomoe.training.loop import Task, build_model_chunks, run_meta

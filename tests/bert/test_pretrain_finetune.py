@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from megatron_evomoe.arguments import build_parser, build_run_config, parse_args
+from megatron_evomoe.arguments import build_parser, parse_args
 from megatron_evomoe.bert_arguments import add_bert_args
 from megatron_evomoe.data.glue.results import read_results
 from megatron_evomoe.models.bert_classifier import build_bert_classifier
+from megatron_evomoe.run_config import build_run_config
 from megatron_evomoe.training.finetune import load_encoder
 from megatron_evomoe.training.model_args import flag_defaults, read_model_args
 from tests.bert.e2e_ranks import finetune_chain, pretrain

@@ -6,8 +6,9 @@ noise off), so what is checked is what a user gets without the flags.
 
 import pytest
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.moe.schedule import resolve_evomoe_phases
+from megatron_evomoe.run_config import build_run_config
 from tests.tiny import with_required
 
 VOCAB = 128

@@ -2,7 +2,8 @@
 
 import pytest
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
+from megatron_evomoe.run_config import build_run_config
 from tests.tiny import VOCAB, tiny_args
 
 

@@ -4,8 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.errors import InputError
+from megatron_evomoe.run_config import build_run_config
 from megatron_evomoe.training.entry import main
 from tests.tiny import VOCAB, tiny_args
 
@@ -35,7 +36,7 @@ def test_any_other_value_error_is_a_bug_with_its_traceback():
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--micro-batch-size", "0"],  # arguments.py
+        ["--micro-batch-size", "0"],  # flag_checks.py
         ["--moe-router-type", "dts", "--dts-threshold", "1"],  # a router's Config
         ["--moe-token-dispatcher-type", "alltoall", "--moe-ranks-per-node", "0"],  # the dispatcher options
         ["--expert-model-parallel-size", "2"],  # the parallel layout (a world of one)

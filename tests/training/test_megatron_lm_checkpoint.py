@@ -19,7 +19,8 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
+from megatron_evomoe.run_config import build_run_config
 from megatron_evomoe.training.checkpointing import checkpoint_dir
 from megatron_evomoe.training.loop import pretrain
 from tests.tiny import VOCAB, tiny_gpt_task

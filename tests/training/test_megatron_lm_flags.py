@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from megatron_evomoe.arguments import build_parser, build_run_config, parse_args
+from megatron_evomoe.arguments import build_parser, parse_args
 from megatron_evomoe.bert_arguments import add_bert_args
 from megatron_evomoe.flag_rules import REQUIRED_FLAGS
 from megatron_evomoe.models.layer_specs import moe_layer_pattern
+from megatron_evomoe.run_config import build_run_config
 from megatron_evomoe.training.dry_run import print_dry_run
 from megatron_evomoe.training.entry import main as entry_main
 from megatron_evomoe.training.exit_duration import ExitDuration, duration_exceeded

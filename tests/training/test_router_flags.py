@@ -4,8 +4,9 @@ docs/routers.md, written out by hand)."""
 
 import pytest
 
-from megatron_evomoe.arguments import build_parser, build_run_config, parse_args
+from megatron_evomoe.arguments import build_parser, parse_args
 from megatron_evomoe.moe.routers import router_class, router_config_class
+from megatron_evomoe.run_config import build_run_config
 from tests.tiny import VOCAB, with_required
 
 PARSER_DEFAULTS = {

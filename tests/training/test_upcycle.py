@@ -16,11 +16,12 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.diversify import expert_masks, expert_weights
 from megatron_evomoe.moe.evolution import moe_layers
 from megatron_evomoe.moe.routers.dts import DTSRouter
+from megatron_evomoe.run_config import build_run_config
 from megatron_evomoe.training.checkpointing import checkpoint_dir, unwrap_model, write_tracker
 from megatron_evomoe.training.loop import advance_phase, pretrain, setup_session
 from megatron_evomoe.training.optimizer import inner_optimizers

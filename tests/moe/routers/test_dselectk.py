@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_evomoe.arguments import build_run_config, parse_args
+from megatron_evomoe.arguments import parse_args
 from megatron_evomoe.moe.routers.dselectk import DSelectKRouter, binary_codes, selector_outputs, smooth_step
+from megatron_evomoe.run_config import build_run_config
 from tests.tiny import tiny_run, with_required
 
 

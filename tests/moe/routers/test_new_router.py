@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from megatron_evomoe.arguments import build_parser, build_run_config, parse_args
+from megatron_evomoe.arguments import build_parser, parse_args
 from megatron_evomoe.errors import InputError
 from megatron_evomoe.moe.routers import available_routers, register_router, unregister_router
+from megatron_evomoe.run_config import build_run_config
 from tests.distributed import run_ranks
 from tests.tiny import VOCAB, tiny_args
 
