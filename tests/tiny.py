@@ -86,3 +86,26 @@ def tiny_gpt_task(num_samples: int = 256) -> Task:
         return SyntheticGPTData(num_samples, seq, 0), SyntheticGPTData(64, seq, 1), None
 
     return Task("tiny-gpt", lambda c, pre, post: build_gpt_model(c, pre, post), build_datasets, gpt_forward_step)
+
+
+def train_logged(*flags: str, log: str) -> list[dict]:
+    """Train ``tiny_run(*flags)`` in this process with ``--log-json log``; the log's records.
+
+    megatron-core keeps the aux-loss backward scale as class state, so it is cleared around the run
+    to keep tests independent of each other."""
+    import json
+
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    from megatron_evomoe import initialize
+    from megatron_evomoe.training.loop import pretrain
+
+    run = tiny_run(*flags, "--log-json", log)
+    initialize.set_seeds(run.training.seed)
+    MoEAuxLossAutoScaler.main_loss_backward_scale = None
+    try:
+        pretrain(run, tiny_gpt_task())
+    finally:
+        MoEAuxLossAutoScaler.main_loss_backward_scale = None
+    with open(log) as handle:
+        return [json.loads(line) for line in handle]

@@ -17,7 +17,7 @@ from megatron_evomoe.moe.routers import router_class
 from tests.distributed import run_ranks
 from tests.moe import balance_ranks
 from tests.moe.balance_ranks import DTS_STATE, NUM_MICROBATCHES, ROUTERS, gate_weight, rank_inputs
-from tests.tiny import VOCAB, tiny_run
+from tests.tiny import VOCAB, tiny_run, train_logged
 
 COEFF = {"switch": 0.01, "gshard": 0.01, "dts": 0.1, "stablemoe": 0.3}  # each router's default alpha
 
@@ -158,21 +158,7 @@ def test_flag_defaults_and_routers_without_a_balance_loss():
 
 
 def _train_log(tmp_path, tag, *flags):
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
-
-    from megatron_evomoe import initialize
-    from megatron_evomoe.training.loop import pretrain
-    from tests.tiny import tiny_gpt_task
-
-    log = str(tmp_path / f"{tag}.jsonl")
-    run = tiny_run("--train-iters", "2", "--eval-iters", "0", "--log-json", log, *flags)
-    initialize.set_seeds(run.training.seed)
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None  # megatron class state left by other tests
-    try:
-        pretrain(run, tiny_gpt_task())
-    finally:
-        MoEAuxLossAutoScaler.main_loss_backward_scale = None
-    return [json.loads(line) for line in open(log)]
+    return train_logged("--train-iters", "2", "--eval-iters", "0", *flags, log=str(tmp_path / f"{tag}.jsonl"))
 
 
 @pytest.mark.slow

@@ -4,17 +4,13 @@ Runs in the pytest process (the session's world of one): a straight 5-step run s
 a second run loads that checkpoint and must reproduce steps 4-5 and the final evaluation bit for bit.
 """
 
-import json
 import os
 
 import pytest
-from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-from megatron_evomoe import initialize
 from megatron_evomoe.moe.routers import router_class
 from megatron_evomoe.training import checkpointing
-from megatron_evomoe.training.loop import pretrain
-from tests.tiny import tiny_gpt_task, tiny_run
+from tests.tiny import tiny_run, train_logged
 
 COMMON = ["--train-iters", "5", "--eval-iters", "1", "--hidden-dropout", "0.1"]
 ROUTERS = {
@@ -34,14 +30,7 @@ COMPARED = ("lm_loss", "grad_norm", "aux_loss", "tokens_per_expert", "val_loss")
 
 
 def _train(flags, log):
-    run = tiny_run(*flags, "--log-json", log)
-    initialize.set_seeds(run.training.seed)
-    MoEAuxLossAutoScaler.main_loss_backward_scale = None  # megatron class state left by other tests
-    try:
-        pretrain(run, tiny_gpt_task())
-    finally:
-        MoEAuxLossAutoScaler.main_loss_backward_scale = None
-    return [json.loads(line) for line in open(log)]
+    return train_logged(*flags, log=log)
 
 
 @pytest.mark.slow
