@@ -35,7 +35,6 @@ from megatron_evomoe.run_config import RunConfig, architecture_meta, build_run_c
 from megatron_evomoe.training import checkpointing
 from megatron_evomoe.training.checkpoint_files import holds_key_prefix
 from megatron_evomoe.training.model_args import model_flag_names
-from megatron_evomoe.training.upcycle_source import locate, read_args
 
 RUN_FLAGS = ("train_iters", "micro_batch_size", "seq_length", "seed", "lr")
 """Flags outside the model groups that the model depends on: the run length resolves routing
@@ -65,7 +64,7 @@ class ServingModel:
 
 def checkpoint_flags(ckpt_dir: str) -> dict[str, Any]:
     """The training flags recorded in ``ckpt_dir/common.pt`` (CheckpointError without them)."""
-    args, _ = read_args(ckpt_dir)
+    args, _ = checkpointing.read_args(ckpt_dir)
     return vars(args)
 
 
@@ -130,7 +129,7 @@ def load_serving_model(
     Raises:
         InputError: not a GPT-MoE checkpoint, tokenizer files missing, or a model that does not fit.
     """
-    ckpt_dir = locate(root, iteration)  # root may also name an iter_XXXXXXX directory
+    ckpt_dir = checkpointing.locate(root, iteration)  # root may also name an iter_XXXXXXX directory
     root, iteration = os.path.dirname(ckpt_dir), int(os.path.basename(ckpt_dir)[len("iter_"):])
     if holds_key_prefix(ckpt_dir, BERT_KEY_PREFIX):
         raise InputError(f"{ckpt_dir} is a BERT checkpoint: only GPT-MoE checkpoints (pretrain_gpt_moe.py) export")

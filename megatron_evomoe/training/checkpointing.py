@@ -19,6 +19,7 @@ At load, files are checked against their checksums and tensors must be finite.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import logging
@@ -279,6 +280,37 @@ def saved_iterations(root: str) -> List[int]:
         return []
     found = (_ITER_DIR.fullmatch(name) for name in os.listdir(root))
     return sorted(int(m.group(1)) for m in found if m and os.path.isdir(os.path.join(root, m.group(0))))
+
+
+def locate(root: str, iteration: Optional[int] = None) -> str:
+    """The checkpoint directory of ``iteration`` (default: the tracker's) under ``root``; ``root`` may
+    also name an ``iter_XXXXXXX`` directory itself."""
+    if not os.path.isdir(root):
+        raise CheckpointError(f"--load {root}: no such directory")
+    if iteration is None and _ITER_DIR.fullmatch(os.path.basename(os.path.normpath(root))):
+        return os.path.normpath(root)
+    iteration = read_tracker(root) if iteration is None else iteration
+    ckpt_dir = checkpoint_dir(root, iteration)
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"--load {root}: {ckpt_dir} is missing")
+    return ckpt_dir
+
+
+def read_args(ckpt_dir: str) -> tuple[argparse.Namespace, Dict[str, Any]]:
+    """(Megatron-LM's ``args``, the whole ``common.pt``) of a checkpoint directory."""
+    try:
+        common = dist_checkpointing.load_common_state_dict(ckpt_dir)
+    except Exception as exc:  # noqa: BLE001 - missing file, unpickling errors, ...
+        raise CheckpointError(f"{ckpt_dir} is not a torch_dist checkpoint: cannot read its common.pt ({exc})") from None
+    args = common.get("args") if isinstance(common, dict) else None
+    if not isinstance(args, argparse.Namespace):
+        raise CheckpointError(f"{ckpt_dir}/common.pt holds no Megatron-LM args: cannot tell its architecture")
+    return args, common
+
+
+def iteration_of(ckpt_dir: str) -> int:
+    """The iteration of an ``iter_XXXXXXX`` checkpoint directory."""
+    return int(_ITER_DIR.fullmatch(os.path.basename(os.path.normpath(ckpt_dir))).group(1))
 
 
 def check_run_meta(ckpt_dir: str, run_meta: Dict[str, Any], keys: List[str]) -> None:

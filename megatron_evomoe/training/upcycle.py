@@ -62,7 +62,7 @@ from megatron_evomoe.training.optimizer import build_optimizer, inner_optimizers
 from megatron_evomoe.training.optimizer_checkpoint import adam_step, allocate_state, set_adam_step
 from megatron_evomoe.training.optimizer_state import apply_parameter_updates, optimizer_copy
 from megatron_evomoe.training.upcycle_source import (
-    DenseSource, architecture_flags, check_dense_gpt, gpt_task, load_dense, locate, read_args,
+    DenseSource, architecture_flags, check_dense_gpt, gpt_task, load_dense,
 )
 
 METHODS = ("evomoe", "copy")
@@ -134,10 +134,10 @@ def check_request(args: argparse.Namespace) -> LayerFreq:
     freq = parse_moe_layer_freq(args.moe_layer_freq)
     if args.num_experts < 1:
         raise InputError(f"--num-experts must be >= 1, got {args.num_experts}")
-    ckpt_dir = locate(args.load, args.ckpt_step)
+    ckpt_dir = checkpointing.locate(args.load, args.ckpt_step)
     if os.path.realpath(args.save) == os.path.realpath(os.path.dirname(ckpt_dir)):
         raise InputError(f"--save {args.save} is the dense checkpoint's directory: write the MoE checkpoint elsewhere")
-    dense_args, _ = read_args(ckpt_dir)
+    dense_args, _ = checkpointing.read_args(ckpt_dir)
     check_dense_gpt(dense_args, ckpt_dir)
     moe_layer_pattern(freq, dense_args.num_layers)
     return freq

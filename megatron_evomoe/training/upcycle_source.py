@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -34,7 +33,6 @@ from megatron_evomoe.training.checkpointing import CheckpointError, TrainState, 
 from megatron_evomoe.training.loop import Task, build_model_chunks, run_meta
 from megatron_evomoe.training.optimizer import build_optimizer
 
-_ITER_DIR = re.compile(r"iter_(\d{7})")
 
 MEGATRON_LM_DEFAULTS = {
     "position_embedding_type": ("learned_absolute", "learned_absolute", "position embeddings"),
@@ -76,32 +74,6 @@ class DenseSource:
     args: argparse.Namespace
     ckpt_dir: str
     kind: str
-
-
-def locate(root: str, iteration: Optional[int] = None) -> str:
-    """The checkpoint directory of ``iteration`` (default: the tracker's) under ``root``; ``root`` may
-    also name an ``iter_XXXXXXX`` directory itself."""
-    if not os.path.isdir(root):
-        raise CheckpointError(f"--load {root}: no such directory")
-    if iteration is None and _ITER_DIR.fullmatch(os.path.basename(os.path.normpath(root))):
-        return os.path.normpath(root)
-    iteration = checkpointing.read_tracker(root) if iteration is None else iteration
-    ckpt_dir = checkpointing.checkpoint_dir(root, iteration)
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"--load {root}: {ckpt_dir} is missing")
-    return ckpt_dir
-
-
-def read_args(ckpt_dir: str) -> tuple[argparse.Namespace, Dict[str, Any]]:
-    """(Megatron-LM's ``args``, the whole ``common.pt``) of a checkpoint directory."""
-    try:
-        common = dist_checkpointing.load_common_state_dict(ckpt_dir)
-    except Exception as exc:  # noqa: BLE001 - missing file, unpickling errors, ...
-        raise CheckpointError(f"{ckpt_dir} is not a torch_dist checkpoint: cannot read its common.pt ({exc})") from None
-    args = common.get("args") if isinstance(common, dict) else None
-    if not isinstance(args, argparse.Namespace):
-        raise CheckpointError(f"{ckpt_dir}/common.pt holds no Megatron-LM args: cannot tell its architecture")
-    return args, common
 
 
 def check_dense_gpt(args: argparse.Namespace, ckpt_dir: str) -> None:
@@ -176,8 +148,8 @@ def load_dense(root: str, iteration: Optional[int], seed: Optional[int]) -> Dens
 
     ``seed`` None takes the dense run's own ``--seed``.
     """
-    ckpt_dir = locate(root, iteration)
-    args, common = read_args(ckpt_dir)
+    ckpt_dir = checkpointing.locate(root, iteration)
+    args, common = checkpointing.read_args(ckpt_dir)
     check_dense_gpt(args, ckpt_dir)
     ours = os.path.isfile(os.path.join(ckpt_dir, checkpointing.META_FILE))
     if ours and "bert_binary_head" in _saved_meta(ckpt_dir):
@@ -242,4 +214,4 @@ def _saved_meta(ckpt_dir: str) -> dict:
 
 
 def _iteration(ckpt_dir: str) -> int:
-    return int(_ITER_DIR.fullmatch(os.path.basename(ckpt_dir)).group(1))
+    return checkpointing.iteration_of(ckpt_dir)
